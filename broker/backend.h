@@ -1,0 +1,163 @@
+// SPDX-License-Identifier: MIT
+//
+// Backend: the narrow interface between the protocol layer (connections, frames) and a message store.
+// The embedded LMDB store (broker/store/) implements it; a NATS JetStream backend can implement the same
+// semantics, and the semantic tests (tests/unit/backend_semantics_test.cc) are written against it.
+//
+// Threading: every method is called on the event loop thread that the backend was created with, and
+// every callback (PublishCallback, ConsumerSink, ...) is invoked on that same thread, never from inside
+// the call that caused it (so a caller may hold state across the call). A backend may run its own
+// threads (the LMDB store runs one writer thread for group commit) but hides them.
+//
+// Time: the backend reads time only from the Clock it was given, so tests drive leases, backoff and
+// retention with a fake clock and call RunTimers() instead of sleeping.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "broker/status.h"
+#include "broker/uuid.h"
+#include "broker/options.h"
+
+namespace sluice::broker {
+
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  // Microseconds since the Unix epoch.
+  virtual int64_t NowUs() const = 0;
+};
+
+// The real clock (CLOCK_REALTIME).
+const Clock& SystemClock();
+
+struct PublishRequest {
+  std::string topic;
+  // The canonical Envelope FlatBuffer, built by BuildStoredEnvelope() (broker/envelope.h): it carries
+  // id and publish_time, and has a seq field present that the store fills in when it appends.
+  std::string envelope;
+  Uuid id;
+  bool dedupe = false;      // the publisher chose the id: repeats within dedupe_window are not stored
+  int64_t publish_time_us = 0;
+};
+
+struct PublishResult {
+  uint64_t seq = 0;
+  Uuid id;
+  bool duplicate = false;   // a repeat within the dedupe window; seq is the original's
+};
+
+using PublishCallback = std::function<void(Result<PublishResult>)>;
+
+struct Delivery {
+  uint64_t consumer_id = 0;
+  uint64_t delivery_id = 0;   // the lease; unique per backend instance
+  uint32_t delivery_count = 1;
+  uint64_t seq = 0;
+  std::string_view envelope;  // the stored Envelope FlatBuffer; valid only during the Deliver() call
+  uint64_t reply_token = 0;
+};
+
+// Where a consumer's messages go. Implemented by the protocol layer (one per subscribed connection).
+class ConsumerSink {
+ public:
+  virtual ~ConsumerSink() = default;
+  // A message for this consumer; the backend has already charged one unit of its credit.
+  virtual void Deliver(const Delivery& delivery) = 0;
+};
+
+struct SubscribeSpec {
+  SubscriptionConfig sub;   // topic, name, start point, ordering, max_deliveries, ack_wait, backoff, ...
+  uint32_t credit = 0;      // initial credit (prefetch)
+};
+
+using SubscribeCallback = std::function<void(Result<uint64_t /*consumer_id*/>)>;
+
+struct NackOptions {
+  int64_t delay_us = -1;    // < 0: the subscription's backoff for this delivery count
+  bool reject = false;      // dead-letter now
+  std::string error;        // kept with the message; shown in the dead-letter queue
+};
+
+struct TopicInfo {
+  std::string name;
+  uint64_t messages = 0;
+  uint64_t bytes = 0;
+  uint64_t first_seq = 0;
+  uint64_t last_seq = 0;
+  uint64_t published = 0;         // since the daemon started
+  double publish_rate = 0;        // messages/s, recent
+  std::vector<std::string> subscriptions;
+};
+
+struct SubscriptionInfo {
+  std::string topic;
+  std::string name;
+  uint64_t pending = 0;           // published after the cursor and not yet acked
+  uint64_t in_flight = 0;
+  uint64_t dead_lettered = 0;
+  uint64_t skipped = 0;           // dropped by on_full = "skip"
+  uint64_t parked_keys = 0;
+  uint32_t consumers = 0;
+  uint64_t delivered = 0;
+  uint64_t acked = 0;
+  uint64_t redelivered = 0;
+  double ack_rate = 0;            // messages/s, recent
+  int64_t oldest_unacked_age_us = 0;
+  int64_t drain_eta_us = -1;      // estimated time to drain at the recent ack rate; -1 unknown
+};
+
+struct DeadLetter {
+  uint64_t seq = 0;
+  uint32_t delivery_count = 0;
+  std::string reason;             // "max_deliveries (5) reached", "rejected", "poison: ..."
+  std::string last_error;
+  int64_t dead_lettered_at_us = 0;
+  std::string envelope;           // the stored Envelope FlatBuffer
+};
+
+struct ParkedKey {
+  std::string key;
+  uint64_t parked_at_seq = 0;     // the dead-lettered message that parked it
+  uint64_t backlog = 0;           // messages with this key waiting behind it
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual void Publish(PublishRequest request, PublishCallback done) = 0;
+
+  // Attaches a consumer to the subscription, creating the subscription when it does not exist.
+  virtual void Subscribe(const SubscribeSpec& spec, ConsumerSink* sink, SubscribeCallback done) = 0;
+  virtual void AddCredit(uint64_t consumer_id, uint32_t credit) = 0;
+  virtual Status Ack(uint64_t consumer_id, std::span<const uint64_t> delivery_ids) = 0;
+  virtual Status Nack(uint64_t consumer_id, uint64_t delivery_id, const NackOptions& options) = 0;
+  // The consumer is gone (disconnect): its in-flight messages become available again. When `crashed`,
+  // each of them also counts a crash (poison detection).
+  virtual void Detach(uint64_t consumer_id, bool crashed) = 0;
+
+  // Leases, scheduled redeliveries and retention that are due at the clock's now.
+  virtual void RunTimers() = 0;
+
+  virtual Result<std::vector<TopicInfo>> ListTopics() = 0;
+  virtual Result<std::vector<SubscriptionInfo>> ListSubscriptions() = 0;
+  virtual Result<std::vector<DeadLetter>> ListDeadLetters(std::string_view topic, std::string_view sub,
+                                                           size_t limit) = 0;
+  // Moves dead letters back to the subscription (all when `seqs` is empty) and releases their keys.
+  virtual Result<uint64_t> Redrive(std::string_view topic, std::string_view sub,
+                                   std::span<const uint64_t> seqs) = 0;
+  virtual Result<uint64_t> Purge(std::string_view topic, std::string_view sub) = 0;
+  virtual Result<std::vector<ParkedKey>> ListParkedKeys(std::string_view topic, std::string_view sub) = 0;
+
+  // Flushes everything committed so far and stops background threads; `done` runs on the loop.
+  virtual void Close(std::function<void()> done) = 0;
+};
+
+}  // namespace sluice::broker

@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: MIT
+#include "broker/uuid.h"
+
+#include <chrono>
+#include <random>
+
+#include <fmt/format.h>
+
+namespace sluice {
+namespace {
+
+std::mt19937_64& Rng() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return rng;
+}
+
+// 64-bit FNV-1a, continued from `h`: the mixing step of DeriveUuid. Not cryptographic; ids only need to
+// be stable and unlikely to collide within one system.
+uint64_t Fnv1a(uint64_t h, std::string_view bytes) {
+  for (unsigned char c : bytes) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+uint64_t Mix(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdull;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ull;
+  x ^= x >> 33;
+  return x;
+}
+
+}  // namespace
+
+Uuid NewUuidV7(int64_t now_unix_ms) {
+  uint64_t rand_a = Rng()();
+  uint64_t rand_b = Rng()();
+  Uuid id;
+  id.hi = (static_cast<uint64_t>(now_unix_ms) << 16) | (0x7ull << 12) | (rand_a & 0x0fffull);
+  id.lo = (0x2ull << 62) | (rand_b & 0x3fffffffffffffffull);
+  return id;
+}
+
+Uuid NewUuidV7() {
+  auto now = std::chrono::system_clock::now().time_since_epoch();
+  return NewUuidV7(std::chrono::duration_cast<std::chrono::milliseconds>(now).count());
+}
+
+Uuid DeriveUuid(const Uuid& parent, std::string_view label) {
+  uint64_t h1 = Fnv1a(0xcbf29ce484222325ull ^ parent.hi, label);
+  uint64_t h2 = Fnv1a(0x84222325cbf29ce4ull ^ parent.lo, label);
+  Uuid id;
+  id.hi = (Mix(h1 ^ parent.lo) & ~0xf000ull) | (0x8ull << 12);
+  id.lo = (Mix(h2 ^ parent.hi) & 0x3fffffffffffffffull) | (0x2ull << 62);
+  return id;
+}
+
+std::string FormatUuid(const Uuid& id) {
+  return fmt::format("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", id.hi >> 32, (id.hi >> 16) & 0xffff,
+                     id.hi & 0xffff, id.lo >> 48, id.lo & 0xffffffffffffull);
+}
+
+std::optional<Uuid> ParseUuid(std::string_view text) {
+  if (text.size() != 36) return std::nullopt;
+  Uuid id;
+  int nibbles = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      if (c != '-') return std::nullopt;
+      continue;
+    }
+    uint64_t v;
+    if (c >= '0' && c <= '9') v = static_cast<uint64_t>(c - '0');
+    else if (c >= 'a' && c <= 'f') v = static_cast<uint64_t>(c - 'a' + 10);
+    else if (c >= 'A' && c <= 'F') v = static_cast<uint64_t>(c - 'A' + 10);
+    else return std::nullopt;
+    uint64_t& half = nibbles < 16 ? id.hi : id.lo;
+    half = (half << 4) | v;
+    ++nibbles;
+  }
+  return id;
+}
+
+}  // namespace sluice
