@@ -45,6 +45,9 @@ struct PublishRequest {
   Uuid id;
   bool dedupe = false;      // the publisher chose the id: repeats within dedupe_window are not stored
   int64_t publish_time_us = 0;
+  // Non-zero when the message is a Request: stored with the message and handed back in
+  // Delivery::reply_token, so the consumer's Reply can be routed to the requester.
+  uint64_t reply_token = 0;
 };
 
 struct PublishResult {

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 //
 // The broker's typed options: what the daemon's config loader (daemon/config.cc) produces for the
-// broker and what the Backend and store consume. Plain values, no behaviour; defaults here are the
-// documented defaults (sluice.toml(5)).
+// broker and what the Backend and store consume. Plain values, no behaviour beyond memberwise ==; defaults
+// here are the documented defaults (sluice.toml(5)).
 #pragma once
 
 #include <chrono>
@@ -30,6 +30,8 @@ struct BrokerConfig {
   // Defaults for subscriptions created by a Subscribe frame without an explicit value.
   uint32_t default_max_deliveries = 5;
   Duration default_ack_wait = std::chrono::seconds(30);
+
+  friend bool operator==(const BrokerConfig&, const BrokerConfig&) = default;
 };
 
 struct TopicConfig {
@@ -39,12 +41,16 @@ struct TopicConfig {
   TopicFullPolicy on_full = TopicFullPolicy::kReject;
   Duration retention_max_age = Duration(0);    // keep acked messages this long for replay; 0 = don't
   uint64_t retention_max_bytes = 0;            // ... or up to this many bytes; 0 = don't
+
+  friend bool operator==(const TopicConfig&, const TopicConfig&) = default;
 };
 
 struct BackoffConfig {
   Duration initial = std::chrono::seconds(1);
   double multiplier = 2.0;                     // >= 1.0
   Duration max = std::chrono::minutes(5);
+
+  friend bool operator==(const BackoffConfig&, const BackoffConfig&) = default;
 };
 
 struct SubscriptionConfig {
@@ -59,6 +65,8 @@ struct SubscriptionConfig {
   BackoffConfig backoff;
   uint64_t max_backlog = 0;                    // 0 = unlimited
   BacklogFullPolicy on_full = BacklogFullPolicy::kBlock;
+
+  friend bool operator==(const SubscriptionConfig&, const SubscriptionConfig&) = default;
 };
 
 }  // namespace sluice

@@ -10,13 +10,20 @@ namespace sluice {
 namespace {
 
 std::mt19937_64& Rng() {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
+  // A single random_device() call yields only 32 bits: with it, two threads or processes share a
+  // random stream (and so mint equal ids within a millisecond) once a few ten thousand have started.
+  thread_local std::mt19937_64 rng = [] {
+    std::random_device rd;
+    std::seed_seq seed{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
+    return std::mt19937_64(seed);
+  }();
   return rng;
 }
 
-// 64-bit FNV-1a, continued from `h`: the mixing step of DeriveUuid. Not cryptographic; ids only need to
-// be stable and unlikely to collide within one system.
-uint64_t Fnv1a(uint64_t h, std::string_view bytes) {
+// 64-bit FNV-1a: turns DeriveUuid's label into the key of its permutation. Not cryptographic; ids only
+// need to be stable and unlikely to collide within one system.
+uint64_t Fnv1a(std::string_view bytes) {
+  uint64_t h = 0xcbf29ce484222325ull;
   for (unsigned char c : bytes) {
     h ^= c;
     h *= 0x100000001b3ull;
@@ -50,11 +57,19 @@ Uuid NewUuidV7() {
 }
 
 Uuid DeriveUuid(const Uuid& parent, std::string_view label) {
-  uint64_t h1 = Fnv1a(0xcbf29ce484222325ull ^ parent.hi, label);
-  uint64_t h2 = Fnv1a(0x84222325cbf29ce4ull ^ parent.lo, label);
+  // Three Feistel rounds keyed by the label: for one label the map from parent to (hi, lo) is a
+  // permutation, so only the 6 version and variant bits can make two parents collide, and every output
+  // bit depends on both halves of the parent. (Hashing each half separately and mixing in the other by
+  // XOR made the result a function of hi ^ lo alone for an empty label.)
+  uint64_t key = Fnv1a(label);
+  uint64_t hi = parent.hi;
+  uint64_t lo = parent.lo;
+  lo ^= Mix(hi ^ key);
+  hi ^= Mix(lo ^ key ^ 0x9e3779b97f4a7c15ull);
+  lo ^= Mix(hi ^ key ^ 0x3c6ef372fe94f82aull);
   Uuid id;
-  id.hi = (Mix(h1 ^ parent.lo) & ~0xf000ull) | (0x8ull << 12);
-  id.lo = (Mix(h2 ^ parent.hi) & 0x3fffffffffffffffull) | (0x2ull << 62);
+  id.hi = (hi & ~0xf000ull) | (0x8ull << 12);
+  id.lo = (lo & 0x3fffffffffffffffull) | (0x2ull << 62);
   return id;
 }
 

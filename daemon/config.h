@@ -7,6 +7,11 @@
 // etc/sluice.toml and sluice.toml(5)). An unknown key, a wrong type or an out-of-range value is an
 // error whose message names the file, the line and the key:
 //   /etc/sluice/conf.d/10-x.toml:7: broker.durability: expected one of "sync", "batch", "none", got "fast"
+// Keys of [[topic]] and [[subscription]] entries are named without an index ("topic.name"); the line
+// tells the entries apart. A syntax error is "FILE:LINE:COL: syntax error: ...". All value errors of all
+// files are reported at once, one per line of the Status message, in file and line order. A relative
+// path is resolved against the folder of the file that sets it (made absolute), so a Config holds
+// absolute paths only, whatever the daemon's working folder is later.
 //
 // Thread-compatible: a Config is a plain value; the daemon swaps a whole new one in on reload.
 #pragma once
@@ -22,6 +27,7 @@
 
 #include "broker/options.h"
 #include "broker/status.h"
+#include "daemon/units.h"
 
 namespace sluice {
 
@@ -37,6 +43,8 @@ struct DaemonConfig {
   uint64_t max_frame_bytes = 4 << 20;  // "4MiB"; 1 KiB .. 1 GiB
   uint32_t max_connections = 1024;     // 1 .. 65536
   Duration shutdown_timeout = std::chrono::seconds(10);  // drain limit on SIGTERM
+
+  friend bool operator==(const DaemonConfig&, const DaemonConfig&) = default;
 };
 
 struct Config {
@@ -47,20 +55,29 @@ struct Config {
   BrokerConfig broker;
   std::vector<TopicConfig> topics;
   std::vector<SubscriptionConfig> subscriptions;
+
+  friend bool operator==(const Config&, const Config&) = default;
 };
 
-// Loads `path` and the drop-ins of the `conf.d/` folder beside it. A missing main file is an error
-// unless `allow_missing` (then the defaults apply, plus any drop-ins).
+// Loads `path` and the drop-ins of the `conf.d/` folder beside it (hidden files and names not ending in
+// ".toml" are skipped). A file that cannot be read fails at once: "FILE: cannot read: <strerror>", code
+// kNotFound for a missing file. A missing main file is an error unless `allow_missing` (then the
+// defaults apply, plus any drop-ins). Invalid contents are kInvalidArgument.
 Result<Config> LoadConfig(const std::filesystem::path& path, bool allow_missing = false);
 
 // Parses TOML text as if it were the file `name` (no drop-ins). For tests and the fuzzer.
 Result<Config> ParseConfig(std::string_view toml_text, std::string_view name);
 
-// The effective configuration as TOML, every key present: what `sluiced --check-config` prints.
+// The effective configuration as TOML, every key present, sizes and durations in their human form, with
+// a "# from FILE" comment per source: what `sluiced --check-config` prints. ParseConfig of it gives back
+// an equal Config (bar `sources`).
 std::string FormatConfig(const Config& config);
 
 // What differs between two configs, one line per key ("broker.durability: sync -> batch"), each marked
-// whether it applies at once or needs a restart.
+// whether it applies at once or needs a restart (daemon.data_dir, .broker_socket, .admin_socket,
+// .socket_mode, broker.map_size, broker.durability). Entries are matched by name: a changed key is
+// "topic[orders].max_bytes" or "subscription[orders/inventory].ack_wait"; an added or removed entry
+// is "topic[orders]" with values "absent" and "present". `sources` is not compared.
 struct ConfigChange {
   std::string key;
   std::string old_value;
@@ -69,14 +86,12 @@ struct ConfigChange {
 };
 std::vector<ConfigChange> DiffConfig(const Config& before, const Config& after);
 
-// "64MiB", "4 KiB", "1GB", "512" (bytes). Binary (KiB, MiB, GiB, TiB) and decimal (kB, MB, GB, TB)
-// suffixes; case-sensitive as written here, plus "B". Rejects negatives, fractions, overflow.
-Result<uint64_t> ParseSize(std::string_view text);
-// "30s", "2m", "150ms", "1h", "1h30m", "0"; units us, ms, s, m, h, d. Rejects negatives and overflow.
-Result<Duration> ParseDuration(std::string_view text);
-// Inverses for printing: the shortest exact form ("64MiB", "90s" -> "1m30s").
-std::string FormatSize(uint64_t bytes);
-std::string FormatDuration(Duration d);
+// Every key the loader accepts, in the order FormatConfig prints them: "daemon.data_dir", ...,
+// "topic.name", "subscription.ack_wait". Entries of [[topic]] and [[subscription]] are named without an
+// index, exactly as error messages name them. For tests that check docs and examples against the code.
+std::vector<std::string> KnownConfigKeys();
+
+// ParseSize, ParseDuration, FormatSize and FormatDuration are declared in daemon/units.h.
 
 std::string_view LogLevelName(LogLevel level);
 

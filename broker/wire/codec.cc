@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "broker/wire/codec.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -23,22 +24,44 @@ uint32_t ReadLength(const char* p) {
 }  // namespace
 
 Result<const Frame*> VerifyFrame(const uint8_t* data, size_t size, size_t max_frame_bytes) {
-  if (size > max_frame_bytes) {
-    return ProtocolError(
-        fmt::format("frame of {} bytes exceeds max_frame_bytes ({})", size, max_frame_bytes));
+  // The verifier checks alignment relative to the start of what it is given; that only proves the
+  // accessors' loads are aligned if the buffer itself sits on an 8-byte boundary.
+  if (reinterpret_cast<uintptr_t>(data) % 8 != 0) {
+    return Internal("VerifyFrame called on a buffer that is not 8-byte aligned");
   }
-  if (size < 8) return ProtocolError(fmt::format("frame of {} bytes is too short", size));
-  if (!flatbuffers::BufferHasIdentifier(data, FrameIdentifier())) {
+  if (size < kLengthPrefixBytes) {
+    return ProtocolError(fmt::format("frame of {} bytes has no length prefix", size));
+  }
+  size_t len = ReadLength(reinterpret_cast<const char*>(data));
+  if (len != size - kLengthPrefixBytes) {
+    return ProtocolError(fmt::format("frame length prefix says {} bytes but {} follow", len,
+                                     size - kLengthPrefixBytes));
+  }
+  // FlatBuffers cannot address 2 GiB or more, whatever the configuration allows.
+  size_t limit = std::min<size_t>(max_frame_bytes, FLATBUFFERS_MAX_BUFFER_SIZE - 2 * kLengthPrefixBytes);
+  if (len > limit) {
+    return ProtocolError(fmt::format("frame of {} bytes exceeds max_frame_bytes ({})", len, limit));
+  }
+  if (len < 8) return ProtocolError(fmt::format("frame of {} bytes is too short", len));
+  if (!SizePrefixedFrameBufferHasIdentifier(data)) {
     return ProtocolError("frame does not carry the sluice identifier \"SLF1\"");
   }
+  // A size-prefixed FlatBuffer is aligned from its length prefix, not from the body after it, so the
+  // verifier must see the prefix too.
   flatbuffers::Verifier verifier(data, size, kMaxDepth, kMaxTables);
-  if (!VerifyFrameBuffer(verifier)) {
+  if (!VerifySizePrefixedFrameBuffer(verifier)) {
     return ProtocolError("frame failed FlatBuffers verification (not a valid sluice Frame)");
   }
-  const Frame* frame = GetFrame(data);
+  const Frame* frame = GetSizePrefixedFrame(data);
   if (frame->body_type() == Body::NONE || frame->body_type() > Body::MAX) {
     return ProtocolError(fmt::format("frame has unknown body type {}",
                                      static_cast<int>(frame->body_type())));
+  }
+  // The nested verifier checks the envelope's alignment relative to the envelope's own first byte; its
+  // Uuid struct and 64-bit fields are only safe to read if that byte is itself 8-byte aligned.
+  if (const Deliver* deliver = frame->body_as_Deliver();
+      deliver != nullptr && reinterpret_cast<uintptr_t>(deliver->envelope()->data()) % 8 != 0) {
+    return ProtocolError("Deliver envelope is not 8-byte aligned in the frame");
   }
   return frame;
 }
@@ -56,6 +79,8 @@ std::span<char> FrameDecoder::WritableTail(size_t min_size) {
 void FrameDecoder::Commit(size_t n) { end_ += n; }
 
 void FrameDecoder::Append(std::string_view bytes) {
+  // memcpy from or to a null pointer is undefined even for zero bytes.
+  if (bytes.empty()) return;
   auto tail = WritableTail(bytes.size());
   std::memcpy(tail.data(), bytes.data(), bytes.size());
   Commit(bytes.size());
@@ -87,19 +112,18 @@ FrameDecoder::Outcome FrameDecoder::Next(const Frame** frame, Status* error) {
     return Outcome::kError;
   }
   if (avail - kLengthPrefixBytes < len) return Outcome::kNeedMore;
-  // FlatBuffers needs its buffer aligned to the largest scalar it holds (8 bytes).
-  const char* body = buf_.data() + begin_ + kLengthPrefixBytes;
-  if (reinterpret_cast<uintptr_t>(body) % 8 != 0) {
+  // FlatBuffers aligns a size-prefixed buffer from its length prefix: the prefix must start on an
+  // 8-byte boundary (the largest scalar in protocol.fbs). A peer may send frames whose sizes are not
+  // multiples of 8, so move the unread bytes down to an aligned offset when needed.
+  if (reinterpret_cast<uintptr_t>(buf_.data() + begin_) % 8 != 0) {
     if (buf_.size() < 8 + avail) buf_.resize(8 + avail);
-    // Put the prefix at an offset such that the body that follows it is 8-aligned.
     size_t base = (8 - reinterpret_cast<uintptr_t>(buf_.data()) % 8) % 8;
-    size_t shift = (base + 4) % 8;
-    std::memmove(buf_.data() + shift, buf_.data() + begin_, avail);
-    begin_ = shift;
+    std::memmove(buf_.data() + base, buf_.data() + begin_, avail);
+    begin_ = base;
     end_ = begin_ + avail;
-    body = buf_.data() + begin_ + kLengthPrefixBytes;
   }
-  auto verified = VerifyFrame(reinterpret_cast<const uint8_t*>(body), len, max_frame_bytes_);
+  auto verified = VerifyFrame(reinterpret_cast<const uint8_t*>(buf_.data() + begin_),
+                              kLengthPrefixBytes + len, max_frame_bytes_);
   if (!verified.ok()) {
     failed_ = verified.status();
     *error = failed_;
@@ -116,6 +140,12 @@ std::string_view BodyName(Body type) {
   return EnumNameBody(type);
 }
 
+flatbuffers::Offset<flatbuffers::Vector<uint8_t>> CreateNestedEnvelope(
+    flatbuffers::FlatBufferBuilder& fbb, std::string_view envelope) {
+  fbb.ForceVectorAlignment(envelope.size(), sizeof(uint8_t), 8);
+  return fbb.CreateVector(reinterpret_cast<const uint8_t*>(envelope.data()), envelope.size());
+}
+
 void FinishFrame(flatbuffers::FlatBufferBuilder& fbb, Body type, flatbuffers::Offset<void> body) {
   auto frame = CreateFrame(fbb, type, body);
   FinishSizePrefixedFrameBuffer(fbb, frame);
@@ -126,6 +156,22 @@ void BuildError(flatbuffers::FlatBufferBuilder& fbb, uint64_t request_id, ErrorC
   auto msg = fbb.CreateString(message.data(), message.size());
   auto err = CreateError(fbb, request_id, code, msg, fatal);
   FinishFrame(fbb, Body::Error, err.Union());
+}
+
+Status CheckClientHello(const Hello& hello) {
+  if (hello.protocol_version() != kProtocolVersion) {
+    return ProtocolError(fmt::format("protocol version {} is not supported (this server speaks version {})",
+                                     hello.protocol_version(), kProtocolVersion));
+  }
+  return Status::Ok();
+}
+
+void BuildServerHello(flatbuffers::FlatBufferBuilder& fbb, size_t max_frame_bytes,
+                      std::string_view server_version) {
+  auto name = fbb.CreateString("sluiced");
+  auto version = fbb.CreateString(server_version.data(), server_version.size());
+  auto hello = CreateHello(fbb, kProtocolVersion, name, static_cast<uint32_t>(max_frame_bytes), version);
+  FinishFrame(fbb, Body::Hello, hello.Union());
 }
 
 ErrorCode ErrorCodeFor(const Status& status) {

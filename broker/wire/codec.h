@@ -8,7 +8,8 @@
 // Failure modes, each a Status of code kProtocol whose message names the problem:
 //   - a length above max_frame_bytes ("frame of N bytes exceeds max_frame_bytes (M)"),
 //   - a zero or too-short length, a wrong file identifier, a buffer the verifier rejects,
-//   - a Frame whose body is missing or of an unknown type.
+//   - a Frame whose body is missing or of an unknown type,
+//   - a Deliver whose nested envelope is not 8-byte aligned (build it with CreateNestedEnvelope()).
 // After an error the decoder stays failed: the connection is to be closed.
 //
 // Thread-compatible: one decoder per connection, used by one thread.
@@ -32,7 +33,10 @@ inline constexpr size_t kMinMaxFrameBytes = 1024;
 // Frames of this many bytes are always accepted regardless of configuration: Hello and Error fit.
 inline constexpr size_t kDefaultMaxFrameBytes = 4u << 20;
 
-// Checks one frame body (without its length prefix): size limit, identifier, verifier, known body type.
+// Checks one whole frame as it arrived, length prefix included (`size` = 4 + body): the prefix matches
+// `size`, the body fits max_frame_bytes, identifier, verifier, known body type, and a Deliver's nested
+// envelope starts 8-byte aligned. `data` must be 8-byte aligned: FlatBuffers aligns a size-prefixed
+// buffer from its prefix, so only then are the verified fields aligned in memory too.
 Result<const Frame*> VerifyFrame(const uint8_t* data, size_t size, size_t max_frame_bytes);
 
 class FrameDecoder {
@@ -73,6 +77,11 @@ class FrameDecoder {
 // The name of a body type as written in protocol.fbs ("Publish"); "unknown" for others.
 std::string_view BodyName(Body type);
 
+// Copies a stored Envelope FlatBuffer into `fbb` as the value of Deliver.envelope. The bytes are placed
+// 8-byte aligned, which VerifyFrame() requires so the nested buffer's 64-bit fields can be read.
+flatbuffers::Offset<flatbuffers::Vector<uint8_t>> CreateNestedEnvelope(
+    flatbuffers::FlatBufferBuilder& fbb, std::string_view envelope);
+
 // Finishes `fbb` as a size-prefixed Frame holding `body` of type `type`. The bytes to send are then
 // fbb.GetBufferPointer() / fbb.GetSize().
 void FinishFrame(flatbuffers::FlatBufferBuilder& fbb, Body type, flatbuffers::Offset<void> body);
@@ -80,6 +89,13 @@ void FinishFrame(flatbuffers::FlatBufferBuilder& fbb, Body type, flatbuffers::Of
 // Builds a complete Error frame.
 void BuildError(flatbuffers::FlatBufferBuilder& fbb, uint64_t request_id, ErrorCode code,
                 std::string_view message, bool fatal);
+
+// The server's side of the handshake: checks the client's Hello (protocol version) and builds the
+// answer. A version mismatch is a Status naming both versions, to be sent as a fatal
+// UnsupportedVersion Error.
+Status CheckClientHello(const Hello& hello);
+void BuildServerHello(flatbuffers::FlatBufferBuilder& fbb, size_t max_frame_bytes,
+                      std::string_view server_version);
 
 // The wire error code for a Status.
 ErrorCode ErrorCodeFor(const Status& status);

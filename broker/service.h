@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: MIT
+//
+// BrokerService: the protocol layer of the broker socket. It owns the client connections, runs the
+// Hello handshake (protocol version check), and turns frames into Backend calls: Publish → PublishAck
+// after the commit, Subscribe → a consumer whose deliveries become Deliver frames, Ack/Nack/Credit, and
+// Request/Reply routing (a Request is published with a reply token; the consumer's Reply is sent back
+// to the requester, or the requester gets a Timeout error).
+//
+// Failure modes: a frame that fails verification closes only its own connection (Connection does
+// that); a semantic error (unknown consumer, empty topic, message too large, a storage limit) gets an
+// Error frame for that request_id and the connection stays open.
+//
+// Loop thread only. Backend callbacks may arrive after the connection they belong to has closed; they
+// find it by id and drop the answer if it is gone.
+#pragma once
+
+#include <uv.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "broker/backend.h"
+#include "broker/net/connection.h"
+#include "broker/net/listener.h"
+
+namespace sluice::broker {
+
+struct ServiceOptions {
+  size_t max_frame_bytes = wire::kDefaultMaxFrameBytes;
+  size_t max_message_bytes = 1u << 20;
+  uint32_t max_connections = 1024;
+  uint32_t max_credit = 65536;  // per consumer: bounds what one consumer may hold in flight
+  std::string server_version;
+};
+
+struct ServiceStats {
+  uint64_t connections = 0;          // open now
+  uint64_t connections_total = 0;    // accepted since start
+  uint64_t protocol_errors = 0;      // connections closed for a bad frame
+  uint64_t frames_in = 0;
+  uint64_t publishes = 0;
+  uint64_t requests = 0;
+};
+
+class BrokerService : public net::FrameHandler {
+ public:
+  BrokerService(uv_loop_t* loop, Backend* backend, const Clock& clock, ServiceOptions options);
+  ~BrokerService() override;
+
+  // Accepts a connection from the listener.
+  void Accept(uv_pipe_t* client);
+  // Closes every connection; in-flight deliveries return to their subscriptions.
+  void CloseAll();
+  // Applies new limits (reload); existing connections keep their frame limit.
+  void set_options(const ServiceOptions& options) { options_ = options; }
+
+  const ServiceStats& stats() const { return stats_; }
+  size_t connection_count() const { return conns_.size(); }
+  // Publishes whose PublishAck has not been sent yet (graceful shutdown waits for zero).
+  size_t in_flight_publishes() const { return in_flight_publishes_; }
+
+  void OnFrame(net::Connection& conn, const wire::Frame& frame) override;
+  void OnWritable(net::Connection& conn) override;
+  void OnClosed(net::Connection& conn, const Status& reason) override;
+
+ private:
+  class Consumer;
+  struct Session;
+  struct PendingRequest {
+    uint64_t conn_id;
+    uint64_t request_id;
+    int64_t deadline_us;
+  };
+
+  void OnHello(net::Connection& conn, Session& s, const wire::Hello& hello);
+  void OnPublish(net::Connection& conn, const wire::Publish& publish);
+  void OnSubscribe(net::Connection& conn, Session& s, const wire::Subscribe& sub);
+  void OnRequest(net::Connection& conn, const wire::Request& request);
+  void OnReply(net::Connection& conn, const wire::Reply& reply);
+  // Validates and publishes an envelope; `done` gets the backend's answer.
+  void PublishEnvelope(const wire::Envelope& env, uint64_t reply_token, PublishCallback done);
+  void SendErrorTo(uint64_t conn_id, uint64_t request_id, const Status& status);
+  static void OnRequestTimer(uv_timer_t* timer);
+
+  uv_loop_t* loop_;
+  Backend* backend_;
+  const Clock& clock_;
+  ServiceOptions options_;
+  net::ConnectionSet conns_;
+  std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;  // by connection id
+  std::unordered_map<uint64_t, PendingRequest> requests_;            // by reply token
+  uint64_t next_reply_token_;
+  uv_timer_t* request_timer_;
+  ServiceStats stats_;
+  size_t in_flight_publishes_ = 0;
+};
+
+}  // namespace sluice::broker

@@ -1,0 +1,164 @@
+// SPDX-License-Identifier: MIT
+#include "broker/store/lmdb_env.h"
+
+#include <cerrno>
+#include <memory>
+#include <mutex>
+#include <system_error>
+
+#include <fmt/format.h>
+
+#include "broker/store/format.h"
+
+namespace sluice::broker::store {
+
+Status LmdbStatus(int rc, std::string_view what) {
+  switch (rc) {
+    case MDB_SUCCESS:
+      return Status::Ok();
+    case MDB_MAP_FULL:
+      return {StatusCode::kStorageFull, fmt::format("{}: the store's map is full (max_map_size reached)",
+                                                    what)};
+    case ENOSPC:
+      return {StatusCode::kStorageFull, fmt::format("{}: no space left on the device", what)};
+    case MDB_NOTFOUND:
+      return NotFound(fmt::format("{}: not found", what));
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND:
+    case MDB_INVALID:
+    case MDB_VERSION_MISMATCH:
+      return {StatusCode::kCorruption, fmt::format("{}: {}", what, mdb_strerror(rc))};
+    default:
+      return IoError(fmt::format("{}: {}", what, mdb_strerror(rc)));
+  }
+}
+
+namespace {
+
+Status PutMetaU32(MDB_txn* txn, MDB_dbi dbi, std::string_view name, uint32_t v) {
+  MDB_val k{name.size(), const_cast<char*>(name.data())};
+  MDB_val d{sizeof v, &v};
+  return LmdbStatus(mdb_put(txn, dbi, &k, &d, 0), fmt::format("writing meta '{}'", name));
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Env>> Env::Open(const std::filesystem::path& data_dir, const BrokerConfig& config) {
+  std::unique_ptr<Env> e(new Env());
+  e->path_ = data_dir / "store";
+  std::error_code ec;
+  std::filesystem::create_directories(e->path_, ec);
+  if (ec) return IoError(fmt::format("creating {}: {}", e->path_.string(), ec.message()));
+
+  int rc = mdb_env_create(&e->env_);
+  if (rc != 0) return LmdbStatus(rc, "mdb_env_create");
+  mdb_env_set_maxdbs(e->env_, kMaxDbs);
+  e->max_map_size_ = std::max(config.max_map_size, config.map_size);
+  uint64_t initial = std::min(config.map_size, e->max_map_size_);
+  // An existing file larger than the configured start is kept at its size: LMDB cannot shrink it.
+  std::filesystem::path data_file = e->path_ / "data.mdb";
+  uint64_t file_size = std::filesystem::exists(data_file, ec) ? std::filesystem::file_size(data_file, ec) : 0;
+  if (ec) file_size = 0;
+  e->map_size_ = std::max(initial, file_size);
+  rc = mdb_env_set_mapsize(e->env_, e->map_size_);
+  if (rc != 0) return LmdbStatus(rc, "mdb_env_set_mapsize");
+
+  // MDB_NOTLS: read transactions are not tied to a thread (the loop resets and renews one).
+  unsigned flags = MDB_NOTLS;
+  if (config.durability != Durability::kSync) flags |= MDB_NOSYNC;
+  rc = mdb_env_open(e->env_, e->path_.c_str(), flags, 0640);
+  if (rc != 0) return LmdbStatus(rc, fmt::format("opening LMDB environment {}", e->path_.string()));
+  MDB_envinfo info;
+  if (mdb_env_info(e->env_, &info) == 0) e->map_size_ = info.me_mapsize;
+
+  MDB_txn* txn = nullptr;
+  rc = mdb_txn_begin(e->env_, nullptr, 0, &txn);
+  if (rc != 0) return LmdbStatus(rc, "beginning the open transaction");
+  auto fail = [&](Status s) -> Status {
+    mdb_txn_abort(txn);
+    return s;
+  };
+  struct {
+    const char* name;
+    MDB_dbi* dbi;
+  } dbs[] = {
+      {kDbMeta, &e->dbi_.meta},       {kDbTopics, &e->dbi_.topics}, {kDbMessages, &e->dbi_.messages},
+      {kDbSubs, &e->dbi_.subs},       {kDbAcks, &e->dbi_.acks},     {kDbCounts, &e->dbi_.counts},
+      {kDbDead, &e->dbi_.dead},       {kDbParked, &e->dbi_.parked}, {kDbDedupe, &e->dbi_.dedupe},
+      {kDbDedupeTime, &e->dbi_.dedupe_time},
+  };
+  for (auto& d : dbs) {
+    rc = mdb_dbi_open(txn, d.name, MDB_CREATE, d.dbi);
+    if (rc != 0) return fail(LmdbStatus(rc, fmt::format("opening database '{}'", d.name)));
+  }
+  MDB_val k{kMetaFormatVersion.size(), const_cast<char*>(kMetaFormatVersion.data())};
+  MDB_val v;
+  rc = mdb_get(txn, e->dbi_.meta, &k, &v);
+  if (rc == MDB_NOTFOUND) {
+    Status s = PutMetaU32(txn, e->dbi_.meta, kMetaFormatVersion, kFormatVersion);
+    if (!s.ok()) return fail(s);
+  } else if (rc != 0) {
+    return fail(LmdbStatus(rc, "reading the format version"));
+  } else {
+    if (v.mv_size != sizeof(uint32_t)) {
+      return fail({StatusCode::kCorruption,
+                   fmt::format("{}: the format version record is malformed", e->path_.string())});
+    }
+    uint32_t version = GetLe<uint32_t>(static_cast<const char*>(v.mv_data));
+    if (version > kFormatVersion) {
+      return fail(InvalidArgument(fmt::format(
+          "{}: the store has format version {}, this sluiced reads up to version {}; "
+          "run a newer sluiced or restore an older backup",
+          e->path_.string(), version, kFormatVersion)));
+    }
+  }
+  rc = mdb_txn_commit(txn);
+  if (rc != 0) return LmdbStatus(rc, "committing the open transaction");
+  return e;
+}
+
+Env::~Env() {
+  if (env_ != nullptr) mdb_env_close(env_);
+}
+
+bool Env::Grow() {
+  if (map_size_ >= max_map_size_) return false;
+  uint64_t next = std::min(max_map_size_, map_size_ * 2);
+  std::unique_lock lock(resize_mutex_);
+  if (mdb_env_set_mapsize(env_, next) != 0) return false;
+  MDB_envinfo info;
+  map_size_ = mdb_env_info(env_, &info) == 0 ? info.me_mapsize : next;
+  return true;
+}
+
+Status Env::Sync() { return LmdbStatus(mdb_env_sync(env_, 1), "syncing the store"); }
+
+ReadTxn::~ReadTxn() {
+  End();
+  if (txn_ != nullptr) mdb_txn_abort(txn_);
+}
+
+Status ReadTxn::Begin() {
+  if (active_) return Status::Ok();
+  env_->resize_mutex().lock_shared();
+  int rc = txn_ == nullptr ? mdb_txn_begin(env_->env(), nullptr, MDB_RDONLY, &txn_) : mdb_txn_renew(txn_);
+  if (rc != 0) {
+    env_->resize_mutex().unlock_shared();
+    if (txn_ != nullptr) {
+      mdb_txn_abort(txn_);
+      txn_ = nullptr;
+    }
+    return LmdbStatus(rc, "beginning a read transaction");
+  }
+  active_ = true;
+  return Status::Ok();
+}
+
+void ReadTxn::End() {
+  if (!active_) return;
+  mdb_txn_reset(txn_);
+  active_ = false;
+  env_->resize_mutex().unlock_shared();
+}
+
+}  // namespace sluice::broker::store

@@ -1,0 +1,816 @@
+// SPDX-License-Identifier: MIT
+#include "broker/store/writer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "broker/envelope.h"
+
+namespace sluice::broker::store {
+namespace {
+
+// Expired dedupe entries deleted per commit: bounds the extra work one batch can take on.
+constexpr int kDedupeExpiryPerBatch = 4096;
+
+MDB_val Val(const void* p, size_t n) { return MDB_val{n, const_cast<void*>(p)}; }
+MDB_val Val(std::string_view s) { return Val(s.data(), s.size()); }
+
+// LMDB failures inside an apply step abort the whole transaction; this carries them out.
+struct TxnError {
+  Status status;
+};
+
+void Check(int rc, std::string_view what) {
+  if (rc != 0) throw TxnError{LmdbStatus(rc, what)};
+}
+
+}  // namespace
+
+Writer::Writer(Env* env, const BrokerConfig& config, std::map<std::string, TopicConfig> topic_configs,
+               std::function<void()> notify)
+    : env_(env), config_(config), topic_configs_(std::move(topic_configs)), notify_(std::move(notify)) {}
+
+Writer::~Writer() { Stop(); }
+
+const TopicConfig& Writer::ConfigFor(const std::string& name) const {
+  auto it = topic_configs_.find(name);
+  return it == topic_configs_.end() ? default_topic_ : it->second;
+}
+
+Status Writer::Load() {
+  topic_ids_.clear();
+  topics_.clear();
+  subs_.clear();
+  sub_ids_.clear();
+  MDB_txn* txn = nullptr;
+  int rc = mdb_txn_begin(env_->env(), nullptr, MDB_RDONLY, &txn);
+  if (rc != 0) return LmdbStatus(rc, "loading the store");
+  const Dbis& d = env_->dbi();
+  Status result = Status::Ok();
+  MDB_cursor* cur = nullptr;
+  MDB_val k, v;
+  auto meta_u32 = [&](std::string_view name, uint32_t def) {
+    MDB_val mk = Val(name), mv;
+    if (mdb_get(txn, d.meta, &mk, &mv) == 0 && mv.mv_size == 4) {
+      return GetLe<uint32_t>(static_cast<const char*>(mv.mv_data));
+    }
+    return def;
+  };
+  next_topic_id_ = meta_u32(kMetaNextTopicId, 1);
+  next_sub_id_ = meta_u32(kMetaNextSubId, 1);
+
+  mdb_cursor_open(txn, d.topics, &cur);
+  for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    WriterTopic t;
+    t.name.assign(static_cast<const char*>(k.mv_data), k.mv_size);
+    if (!t.rec.Decode(static_cast<const char*>(v.mv_data), v.mv_size)) {
+      result = {StatusCode::kCorruption, fmt::format("topic record '{}' is malformed", t.name)};
+      break;
+    }
+    t.config = ConfigFor(t.name);
+    t.config.name = t.name;
+    topic_ids_[t.name] = t.rec.id;
+    next_topic_id_ = std::max(next_topic_id_, t.rec.id + 1);
+    topics_[t.rec.id] = std::move(t);
+  }
+  mdb_cursor_close(cur);
+  if (result.ok()) {
+    mdb_cursor_open(txn, d.subs, &cur);
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+      WriterSub s;
+      const char* kp = static_cast<const char*>(k.mv_data);
+      if (k.mv_size < 4 || !s.rec.Decode(static_cast<const char*>(v.mv_data), v.mv_size)) {
+        result = {StatusCode::kCorruption, "a subscription record is malformed"};
+        break;
+      }
+      s.topic_id = GetBe32(kp);
+      s.name.assign(kp + 4, k.mv_size - 4);
+      auto t = topics_.find(s.topic_id);
+      if (t == topics_.end()) {
+        result = {StatusCode::kCorruption,
+                  fmt::format("subscription '{}' names topic id {} which does not exist", s.name,
+                              s.topic_id)};
+        break;
+      }
+      t->second.subs.push_back(s.rec.id);
+      sub_ids_[std::string(kp, k.mv_size)] = s.rec.id;
+      next_sub_id_ = std::max(next_sub_id_, s.rec.id + 1);
+      subs_[s.rec.id] = std::move(s);
+    }
+    mdb_cursor_close(cur);
+  }
+  if (result.ok()) {
+    // The acked-above counts feed the "block" backlog check.
+    mdb_cursor_open(txn, d.acks, &cur);
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+      if (k.mv_size != 12) continue;
+      auto s = subs_.find(SeqKey::Id(static_cast<const char*>(k.mv_data)));
+      if (s != subs_.end()) ++s->second.acked_above;
+    }
+    mdb_cursor_close(cur);
+  }
+  mdb_txn_abort(txn);
+  return result;
+}
+
+void Writer::Start() {
+  started_ = true;
+  thread_ = std::thread([this] { Run(); });
+}
+
+void Writer::Enqueue(std::vector<WriteOp>* ops) {
+  if (ops->empty()) return;
+  std::lock_guard lock(mu_);
+  if (queue_.empty()) {
+    queue_.swap(*ops);
+  } else {
+    for (auto& op : *ops) queue_.push_back(std::move(op));
+    ops->clear();
+  }
+  if (idle_) cv_.notify_one();
+}
+
+void Writer::Enqueue(WriteOp op) {
+  std::lock_guard lock(mu_);
+  queue_.push_back(std::move(op));
+  if (idle_) cv_.notify_one();
+}
+
+void Writer::TakeCompleted(std::vector<Batch>* out) {
+  std::lock_guard lock(mu_);
+  for (auto& b : completed_) out->push_back(std::move(b));
+  completed_.clear();
+}
+
+void Writer::RequestStop() {
+  std::lock_guard lock(mu_);
+  stop_ = true;
+  cv_.notify_one();
+}
+
+void Writer::Stop() {
+  RequestStop();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Writer::Run() {
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point last_sync = Clock::now();
+  bool unsynced = false;
+  std::unique_lock lock(mu_);
+  for (;;) {
+    if (queue_.empty()) {
+      if (unsynced && config_.durability == Durability::kBatch) {
+        // Nothing new: the pending sync is due at last_sync + batch_interval at the latest.
+        idle_ = true;
+        cv_.wait_until(lock, last_sync + config_.batch_interval, [&] { return !queue_.empty() || stop_; });
+        idle_ = false;
+        if (queue_.empty()) {
+          lock.unlock();
+          (void)env_->Sync();
+          lock.lock();
+          last_sync = Clock::now();
+          unsynced = false;
+        }
+        continue;
+      }
+      if (stop_) break;
+      idle_ = true;
+      cv_.wait(lock, [&] { return !queue_.empty() || stop_; });
+      idle_ = false;
+      continue;
+    }
+    Batch batch;
+    batch.ops.swap(queue_);
+    lock.unlock();
+    Commit(&batch);
+    if (config_.durability == Durability::kBatch) {
+      if (Clock::now() - last_sync >= config_.batch_interval) {
+        (void)env_->Sync();
+        last_sync = Clock::now();
+        unsynced = false;
+      } else {
+        unsynced = true;
+      }
+    }
+    lock.lock();
+    completed_.push_back(std::move(batch));
+    notify_();
+  }
+  lock.unlock();
+  if (config_.durability != Durability::kSync) (void)env_->Sync();
+  exited_ = true;
+  notify_();
+}
+
+Status Writer::ApplyNow(std::vector<WriteOp>* ops, std::vector<TopicSnapshot>* topics) {
+  Batch batch;
+  batch.ops.swap(*ops);
+  Commit(&batch);
+  batch.ops.swap(*ops);
+  *topics = std::move(batch.topics);
+  for (auto& op : *ops) {
+    if (!op.status.ok()) return op.status;
+  }
+  return Status::Ok();
+}
+
+void Writer::Commit(Batch* batch) {
+  bool refuse_publishes = false;
+  for (int attempt = 0;; ++attempt) {
+    for (auto& op : batch->ops) op.status = Status::Ok();
+    batch->topics.clear();
+    MDB_txn* txn = nullptr;
+    int rc = mdb_txn_begin(env_->env(), nullptr, 0, &txn);
+    Status s = rc == 0 ? ApplyOps(txn, batch, refuse_publishes) : LmdbStatus(rc, "beginning a write");
+    if (s.ok()) {
+      rc = mdb_txn_commit(txn);
+      if (rc == 0) return;
+      s = LmdbStatus(rc, "committing");
+    } else if (txn != nullptr) {
+      mdb_txn_abort(txn);
+    }
+    // The transaction is gone: the in-memory counters must match the store again.
+    Status reloaded = Load();
+    if (s.code() == StatusCode::kStorageFull && reloaded.ok()) {
+      if (env_->Grow()) continue;
+      if (!refuse_publishes) {
+        refuse_publishes = true;
+        continue;
+      }
+    }
+    for (auto& op : batch->ops) op.status = s;
+    batch->topics.clear();
+    return;
+  }
+}
+
+bool Writer::NearFull() const {
+  if (env_->map_size() < env_->max_map_size()) return false;  // it can still grow
+  MDB_envinfo info;
+  MDB_stat stat;
+  if (mdb_env_info(env_->env(), &info) != 0 || mdb_env_stat(env_->env(), &stat) != 0) return false;
+  const uint64_t pages = info.me_mapsize / stat.ms_psize;
+  const uint64_t reserve = std::min(std::clamp<uint64_t>(pages / 8, 16, 16384), pages / 4);
+  const uint64_t high_water = info.me_last_pgno + 1;
+  if (high_water + reserve <= pages) return false;
+  // Near the end of the file: count the pages LMDB can reuse (its freelist, database 0). LMDB allows
+  // no cursor on the freelist in a write transaction, so read it in a short read-only one (MDB_NOTLS).
+  uint64_t free_pages = 0;
+  MDB_txn* rtxn = nullptr;
+  MDB_cursor* cur = nullptr;
+  if (mdb_txn_begin(env_->env(), nullptr, MDB_RDONLY, &rtxn) != 0) return false;
+  if (mdb_cursor_open(rtxn, 0, &cur) == 0) {
+    MDB_val k, v;
+    for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+      if (v.mv_size >= sizeof(size_t)) free_pages += GetLe<size_t>(static_cast<const char*>(v.mv_data));
+    }
+    mdb_cursor_close(cur);
+  }
+  mdb_txn_abort(rtxn);
+  return high_water - std::min(high_water, free_pages) + reserve > pages;
+}
+
+Status Writer::ApplyOps(MDB_txn* txn, Batch* batch, bool refuse_publishes) {
+  touched_topics_.clear();
+  meta_dirty_ = false;
+  // Publishes stop while a reserve of pages is left, so that acks (whose deletes need fresh pages
+  // too: LMDB copies on write) can still commit and drain the store.
+  if (!refuse_publishes &&
+      std::any_of(batch->ops.begin(), batch->ops.end(), [](const WriteOp& op) { return op.kind == OpKind::kPublish; })) {
+    refuse_publishes = NearFull();
+  }
+  try {
+    for (auto& op : batch->ops) {
+      batch_now_us_ = std::max(batch_now_us_, op.now_us);
+      switch (op.kind) {
+        case OpKind::kPublish:
+          ApplyPublish(txn, &op, refuse_publishes);
+          break;
+        case OpKind::kCreateSub:
+          ApplyCreateSub(txn, &op);
+          break;
+        case OpKind::kAck:
+          ApplyAck(txn, &op);
+          break;
+        case OpKind::kSetCount: {
+          SeqKey key(op.sub_id, op.seq);
+          MDB_val k = Val(key.bytes, sizeof key.bytes), v = Val(&op.count, sizeof op.count);
+          Check(mdb_put(txn, env_->dbi().counts, &k, &v, 0), "recording a delivery count");
+          break;
+        }
+        case OpKind::kDeadLetter:
+          ApplyDeadLetter(txn, &op);
+          break;
+        case OpKind::kRedrive:
+          ApplyRedrive(txn, &op);
+          break;
+        case OpKind::kDeleteDead:
+          ApplyDeleteDead(txn, &op);
+          break;
+        case OpKind::kCreateTopic: {
+          auto t = FindOrCreateTopic(txn, op.publish.topic);
+          if (!t.ok()) op.status = t.status();
+          break;
+        }
+        case OpKind::kTrim:
+          for (auto& [id, t] : topics_) {
+            if (t.config.retention_max_age.count() > 0) touched_topics_.push_back(id);
+          }
+          break;
+      }
+    }
+    std::sort(touched_topics_.begin(), touched_topics_.end());
+    touched_topics_.erase(std::unique(touched_topics_.begin(), touched_topics_.end()), touched_topics_.end());
+    for (uint32_t id : touched_topics_) {
+      auto it = topics_.find(id);
+      if (it != topics_.end()) {
+        Status s = Trim(txn, &it->second, batch_now_us_);
+        if (!s.ok()) return s;
+      }
+    }
+    SLUICE_RETURN_IF_ERROR(ExpireDedupe(txn, batch_now_us_));
+    return FlushRecords(txn, batch);
+  } catch (const TxnError& e) {
+    return e.status;
+  }
+}
+
+Status Writer::FlushRecords(MDB_txn* txn, Batch* batch) {
+  const Dbis& d = env_->dbi();
+  for (auto& [id, t] : topics_) {
+    if (!t.dirty) continue;
+    char buf[TopicRecord::kSize];
+    t.rec.Encode(buf);
+    MDB_val k = Val(t.name), v = Val(buf, sizeof buf);
+    int rc = mdb_put(txn, d.topics, &k, &v, 0);
+    if (rc != 0) return LmdbStatus(rc, "writing a topic record");
+    t.dirty = false;
+    batch->topics.push_back(TopicSnapshot{t.name, t.rec});
+  }
+  for (auto& [id, s] : subs_) {
+    if (!s.dirty) continue;
+    char buf[SubRecord::kSize];
+    s.rec.Encode(buf);
+    std::string key = NameKey(s.topic_id, s.name);
+    MDB_val k = Val(key), v = Val(buf, sizeof buf);
+    int rc = mdb_put(txn, d.subs, &k, &v, 0);
+    if (rc != 0) return LmdbStatus(rc, "writing a subscription record");
+    s.dirty = false;
+  }
+  if (meta_dirty_) {
+    MDB_val k = Val(kMetaNextTopicId), v = Val(&next_topic_id_, 4);
+    int rc = mdb_put(txn, d.meta, &k, &v, 0);
+    if (rc == 0) {
+      k = Val(kMetaNextSubId);
+      v = Val(&next_sub_id_, 4);
+      rc = mdb_put(txn, d.meta, &k, &v, 0);
+    }
+    if (rc != 0) return LmdbStatus(rc, "writing the id counters");
+  }
+  return Status::Ok();
+}
+
+Result<WriterTopic*> Writer::FindOrCreateTopic(MDB_txn*, const std::string& name) {
+  auto it = topic_ids_.find(name);
+  if (it != topic_ids_.end()) return &topics_[it->second];
+  bool configured = topic_configs_.count(name) > 0;
+  if (!configured && !config_.auto_create_topics) {
+    return NotFound(fmt::format("topic '{}' does not exist and auto_create_topics is off", name));
+  }
+  WriterTopic t;
+  t.name = name;
+  t.rec.id = next_topic_id_++;
+  t.config = ConfigFor(name);
+  t.config.name = name;
+  t.dirty = true;
+  meta_dirty_ = true;
+  uint32_t id = t.rec.id;
+  topic_ids_[name] = id;
+  auto [pos, inserted] = topics_.emplace(id, std::move(t));
+  return &pos->second;
+}
+
+uint64_t Writer::MinFloor(const WriterTopic& topic) const {
+  uint64_t m = UINT64_MAX;
+  for (uint32_t sid : topic.subs) {
+    auto it = subs_.find(sid);
+    if (it != subs_.end()) m = std::min(m, it->second.rec.floor);
+  }
+  return m;
+}
+
+Status Writer::DeleteFirst(MDB_txn* txn, WriterTopic* t) {
+  SeqKey key(t->rec.id, t->rec.first_seq);
+  MDB_val k = Val(key.bytes, sizeof key.bytes), v;
+  int rc = mdb_get(txn, env_->dbi().messages, &k, &v);
+  if (rc == 0) {
+    MessageHeader h;
+    if (!h.Decode(static_cast<const char*>(v.mv_data), v.mv_size)) {
+      return {StatusCode::kCorruption, fmt::format("message {}/{} is malformed", t->name, t->rec.first_seq)};
+    }
+    rc = mdb_del(txn, env_->dbi().messages, &k, nullptr);
+    if (rc != 0) return LmdbStatus(rc, "deleting a message");
+    t->rec.messages -= std::min<uint64_t>(t->rec.messages, 1);
+    t->rec.bytes -= std::min<uint64_t>(t->rec.bytes, h.env_len);
+  } else if (rc != MDB_NOTFOUND) {
+    return LmdbStatus(rc, "reading a message");
+  }
+  ++t->rec.first_seq;
+  if (t->rec.messages == 0) t->rec.first_seq = t->rec.last_seq + 1;
+  t->dirty = true;
+  return Status::Ok();
+}
+
+Status Writer::Trim(MDB_txn* txn, WriterTopic* t, int64_t now_us) {
+  if (t->subs.empty()) return Status::Ok();  // nobody has acked anything: keep for a future subscriber
+  uint64_t min_floor = MinFloor(*t);
+  const int64_t age_us = std::chrono::duration_cast<std::chrono::microseconds>(t->config.retention_max_age).count();
+  const uint64_t keep_bytes = t->config.retention_max_bytes;
+  while (t->rec.messages > 0 && t->rec.first_seq <= min_floor) {
+    if (age_us > 0 || keep_bytes > 0) {
+      bool keep = true;
+      if (keep_bytes > 0 && t->rec.bytes > keep_bytes) keep = false;
+      if (keep && age_us > 0) {
+        SeqKey key(t->rec.id, t->rec.first_seq);
+        MDB_val k = Val(key.bytes, sizeof key.bytes), v;
+        int rc = mdb_get(txn, env_->dbi().messages, &k, &v);
+        if (rc == 0 && v.mv_size >= 8 &&
+            GetLe<int64_t>(static_cast<const char*>(v.mv_data)) <= now_us - age_us) {
+          keep = false;
+        }
+      }
+      if (keep) break;
+    }
+    SLUICE_RETURN_IF_ERROR(DeleteFirst(txn, t));
+  }
+  return Status::Ok();
+}
+
+void Writer::ApplyPublish(MDB_txn* txn, WriteOp* op, bool refuse) {
+  PublishRequest& req = op->publish;
+  if (refuse) {
+    op->status = {StatusCode::kStorageFull,
+                  fmt::format("the store is full (max_map_size = {} bytes reached); publish refused "
+                              "until consumers drain it",
+                              env_->max_map_size())};
+    return;
+  }
+  auto env = ReadEnvelope(req.envelope);
+  if (!env.ok()) {
+    op->status = env.status();
+    return;
+  }
+  std::string_view key = (*env)->key() ? (*env)->key()->string_view() : std::string_view();
+  auto topic_or = FindOrCreateTopic(txn, req.topic);
+  if (!topic_or.ok()) {
+    op->status = topic_or.status();
+    return;
+  }
+  WriterTopic* t = *topic_or;
+  op->topic_id = t->rec.id;
+  const Dbis& d = env_->dbi();
+  const int64_t window_us = std::chrono::duration_cast<std::chrono::microseconds>(config_.dedupe_window).count();
+  DedupeKey dkey(t->rec.id, req.id);
+  if (req.dedupe && window_us > 0) {
+    MDB_val k = Val(dkey.bytes, sizeof dkey.bytes), v;
+    int rc = mdb_get(txn, d.dedupe, &k, &v);
+    if (rc == 0 && v.mv_size == 16) {
+      const char* p = static_cast<const char*>(v.mv_data);
+      if (GetLe<int64_t>(p + 8) > op->now_us - window_us) {
+        op->publish_result = PublishResult{GetLe<uint64_t>(p), req.id, true};
+        return;
+      }
+    } else if (rc != MDB_NOTFOUND) {
+      Check(rc, "reading the dedupe index");
+    }
+  }
+  const uint64_t size = req.envelope.size();
+  const TopicConfig& cfg = t->config;
+  if (cfg.max_bytes > 0 && size > cfg.max_bytes) {
+    op->status = LimitExceeded(fmt::format("message of {} bytes exceeds topic '{}' max_bytes = {}", size,
+                                           t->name, cfg.max_bytes));
+    return;
+  }
+  for (;;) {
+    bool over_count = cfg.max_messages > 0 && t->rec.messages + 1 > cfg.max_messages;
+    bool over_bytes = cfg.max_bytes > 0 && t->rec.bytes + size > cfg.max_bytes;
+    if (!(over_count || over_bytes) || t->rec.messages == 0) break;
+    // Messages kept only by retention go first; then the policy decides about unacked ones.
+    bool retained = !t->subs.empty() && t->rec.first_seq <= MinFloor(*t);
+    if (retained || cfg.on_full == TopicFullPolicy::kDropOldest) {
+      Status s = DeleteFirst(txn, t);
+      if (!s.ok()) throw TxnError{s};
+      continue;
+    }
+    op->status = over_count
+                     ? LimitExceeded(fmt::format("topic '{}' is full: max_messages = {}", t->name, cfg.max_messages))
+                     : LimitExceeded(fmt::format("topic '{}' is full: max_bytes = {}", t->name, cfg.max_bytes));
+    return;
+  }
+  for (uint32_t sid : t->subs) {
+    const WriterSub& s = subs_[sid];
+    if (s.rec.max_backlog == 0 || s.rec.on_full != static_cast<uint8_t>(BacklogFullPolicy::kBlock)) continue;
+    uint64_t backlog = t->rec.last_seq - std::min(t->rec.last_seq, s.rec.floor);
+    backlog -= std::min(backlog, s.acked_above);
+    if (backlog >= s.rec.max_backlog) {
+      op->status = LimitExceeded(fmt::format("subscription '{}' of topic '{}' has reached max_backlog = {}",
+                                             s.name, t->name, s.rec.max_backlog));
+      return;
+    }
+  }
+  const uint64_t seq = t->rec.last_seq + 1;
+  if (!SetEnvelopeSeq(&req.envelope, seq)) {
+    op->status = InvalidArgument("envelope has no seq field (build it with BuildStoredEnvelope)");
+    return;
+  }
+  MessageHeader h;
+  h.publish_time_us = req.publish_time_us;
+  h.id = req.id;
+  h.key_len = static_cast<uint32_t>(key.size());
+  h.env_len = static_cast<uint32_t>(size);
+  h.reply_token = req.reply_token;
+  SeqKey mkey(t->rec.id, seq);
+  MDB_val k = Val(mkey.bytes, sizeof mkey.bytes);
+  MDB_val v{MessageHeader::kSize + key.size() + size, nullptr};
+  // MDB_APPEND skips the page search; it refuses (MDB_KEYEXIST) when a later topic id holds messages.
+  int rc = mdb_put(txn, d.messages, &k, &v, MDB_APPEND | MDB_RESERVE);
+  if (rc == MDB_KEYEXIST) {
+    v.mv_size = MessageHeader::kSize + key.size() + size;
+    rc = mdb_put(txn, d.messages, &k, &v, MDB_RESERVE);
+  }
+  Check(rc, "appending a message");
+  char* p = static_cast<char*>(v.mv_data);
+  h.Encode(p);
+  std::memcpy(p + MessageHeader::kSize, key.data(), key.size());
+  std::memcpy(p + MessageHeader::kSize + key.size(), req.envelope.data(), size);
+  t->rec.last_seq = seq;
+  if (t->rec.messages == 0) t->rec.first_seq = seq;
+  ++t->rec.messages;
+  t->rec.bytes += size;
+  t->dirty = true;
+  if (req.dedupe && window_us > 0) {
+    char dv[16];
+    PutLe(dv, seq);
+    PutLe(dv + 8, op->now_us);
+    MDB_val dk = Val(dkey.bytes, sizeof dkey.bytes), dval = Val(dv, sizeof dv);
+    Check(mdb_put(txn, d.dedupe, &dk, &dval, 0), "writing the dedupe index");
+    DedupeTimeKey tkey(op->now_us, t->rec.id, req.id);
+    MDB_val tk = Val(tkey.bytes, sizeof tkey.bytes), empty{0, nullptr};
+    Check(mdb_put(txn, d.dedupe_time, &tk, &empty, 0), "writing the dedupe index");
+  }
+  op->publish_result = PublishResult{seq, req.id, false};
+}
+
+Status Writer::ExpireDedupe(MDB_txn* txn, int64_t now_us) {
+  const int64_t window_us = std::chrono::duration_cast<std::chrono::microseconds>(config_.dedupe_window).count();
+  if (window_us <= 0) return Status::Ok();
+  const Dbis& d = env_->dbi();
+  MDB_cursor* cur = nullptr;
+  int rc = mdb_cursor_open(txn, d.dedupe_time, &cur);
+  if (rc != 0) return LmdbStatus(rc, "expiring the dedupe index");
+  MDB_val k, v;
+  int n = 0;
+  Status result = Status::Ok();
+  for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && n < kDedupeExpiryPerBatch; ++n) {
+    if (k.mv_size != 28) break;
+    const char* p = static_cast<const char*>(k.mv_data);
+    int64_t t = static_cast<int64_t>(GetBe64(p));
+    if (t > now_us - window_us) break;
+    // The index entry may have been rewritten by a later publish of the same id; keep that one.
+    MDB_val ik{20, const_cast<char*>(p + 8)}, iv;
+    if (mdb_get(txn, d.dedupe, &ik, &iv) == 0 && iv.mv_size == 16 &&
+        GetLe<int64_t>(static_cast<const char*>(iv.mv_data) + 8) == t) {
+      rc = mdb_del(txn, d.dedupe, &ik, nullptr);
+      if (rc != 0) {
+        result = LmdbStatus(rc, "expiring the dedupe index");
+        break;
+      }
+    }
+    rc = mdb_cursor_del(cur, 0);
+    if (rc != 0) {
+      result = LmdbStatus(rc, "expiring the dedupe index");
+      break;
+    }
+    rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
+  }
+  mdb_cursor_close(cur);
+  return result;
+}
+
+void Writer::SetOptions(const SubscriptionConfig& c, SubRecord* r) {
+  r->ordering = static_cast<uint8_t>(c.ordering);
+  r->on_full = static_cast<uint8_t>(c.on_full);
+  r->max_deliveries = c.max_deliveries > 0 ? c.max_deliveries : config_.default_max_deliveries;
+  r->ack_wait_ms = c.ack_wait.count() > 0 ? c.ack_wait.count() : config_.default_ack_wait.count();
+  r->backoff_initial_ms = c.backoff.initial.count();
+  r->backoff_multiplier = c.backoff.multiplier;
+  r->backoff_max_ms = c.backoff.max.count();
+  r->max_backlog = c.max_backlog;
+}
+
+void Writer::ApplyCreateSub(MDB_txn* txn, WriteOp* op) {
+  const SubscriptionConfig& c = op->sub_config;
+  auto topic_or = FindOrCreateTopic(txn, c.topic);
+  if (!topic_or.ok()) {
+    op->status = topic_or.status();
+    return;
+  }
+  WriterTopic* t = *topic_or;
+  op->topic_id = t->rec.id;
+  std::string key = NameKey(t->rec.id, c.name);
+  auto found = sub_ids_.find(key);
+  if (found != sub_ids_.end()) {
+    WriterSub& existing = subs_[found->second];
+    if (op->from_config) {
+      SetOptions(c, &existing.rec);
+      existing.dirty = true;
+    }
+    op->sub_record = existing.rec;
+    return;
+  }
+  WriterSub s;
+  s.name = c.name;
+  s.topic_id = t->rec.id;
+  SubRecord& r = s.rec;
+  r.id = next_sub_id_++;
+  SetOptions(c, &r);
+  r.created_us = op->now_us;
+  const uint64_t before_first = t->rec.first_seq - 1;
+  switch (c.start) {
+    case StartPointKind::kLatest:
+      r.floor = t->rec.last_seq;
+      break;
+    case StartPointKind::kEarliest:
+      r.floor = before_first;
+      break;
+    case StartPointKind::kSequence:
+      r.floor = std::max(before_first, c.start_seq > 0 ? c.start_seq - 1 : 0);
+      break;
+    case StartPointKind::kTime: {
+      // Publish times grow with seq (one loop clock assigns them), so binary search the stored range.
+      uint64_t lo = t->rec.first_seq, hi = t->rec.last_seq + 1;
+      while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        SeqKey mk(t->rec.id, mid);
+        MDB_val k = Val(mk.bytes, sizeof mk.bytes), v;
+        int rc = mdb_get(txn, env_->dbi().messages, &k, &v);
+        if (rc != 0 && rc != MDB_NOTFOUND) Check(rc, "finding the start time");
+        int64_t ts = rc == 0 && v.mv_size >= 8 ? GetLe<int64_t>(static_cast<const char*>(v.mv_data)) : 0;
+        if (ts < c.start_time_us) {
+          lo = mid + 1;
+        } else {
+          hi = mid;
+        }
+      }
+      r.floor = lo - 1;
+      break;
+    }
+  }
+  s.dirty = true;
+  meta_dirty_ = true;
+  t->subs.push_back(r.id);
+  sub_ids_[key] = r.id;
+  op->sub_record = r;
+  subs_[r.id] = std::move(s);
+}
+
+void Writer::ApplyAck(MDB_txn* txn, WriteOp* op) {
+  auto it = subs_.find(op->sub_id);
+  if (it == subs_.end()) return;
+  WriterSub& s = it->second;
+  const Dbis& d = env_->dbi();
+  MDB_val empty{0, nullptr};
+  for (uint64_t seq : op->seqs) {
+    if (seq <= op->floor) continue;
+    SeqKey key(op->sub_id, seq);
+    MDB_val k = Val(key.bytes, sizeof key.bytes);
+    Check(mdb_put(txn, d.acks, &k, &empty, 0), "recording an ack");
+  }
+  if (op->floor > s.rec.floor) {
+    // Acks at or below the new floor are implied by it; drop their entries.
+    MDB_cursor* cur = nullptr;
+    Check(mdb_cursor_open(txn, d.acks, &cur), "advancing a cursor");
+    SeqKey from(op->sub_id, s.rec.floor + 1);
+    MDB_val k = Val(from.bytes, sizeof from.bytes), v;
+    int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (rc == 0 && k.mv_size == 12) {
+      const char* p = static_cast<const char*>(k.mv_data);
+      if (SeqKey::Id(p) != op->sub_id || SeqKey::Seq(p) > op->floor) break;
+      rc = mdb_cursor_del(cur, 0);
+      if (rc != 0) break;
+      rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
+    }
+    mdb_cursor_close(cur);
+    if (rc != 0 && rc != MDB_NOTFOUND && rc != EINVAL) Check(rc, "advancing a cursor");
+    s.rec.floor = op->floor;
+  }
+  s.rec.skipped = op->skipped;
+  s.acked_above = op->acked_above;
+  s.dirty = true;
+  for (uint64_t seq : op->forget_counts) {
+    SeqKey key(op->sub_id, seq);
+    MDB_val k = Val(key.bytes, sizeof key.bytes);
+    int rc = mdb_del(txn, d.counts, &k, nullptr);
+    if (rc != MDB_NOTFOUND) Check(rc, "forgetting a delivery count");
+  }
+  touched_topics_.push_back(s.topic_id);
+}
+
+void Writer::ApplyDeadLetter(MDB_txn* txn, WriteOp* op) {
+  auto it = subs_.find(op->sub_id);
+  if (it == subs_.end()) return;
+  const Dbis& d = env_->dbi();
+  SeqKey key(op->sub_id, op->seq);
+  MDB_val k = Val(key.bytes, sizeof key.bytes), v;
+  std::string envelope;
+  if (op->from_dead) {
+    int rc = mdb_get(txn, d.dead, &k, &v);
+    if (rc == MDB_NOTFOUND) return;
+    Check(rc, "reading a dead letter");
+    DeadHeader old;
+    const char* p = static_cast<const char*>(v.mv_data);
+    if (!old.Decode(p, v.mv_size)) return;
+    envelope.assign(old.Envelope(p));
+  } else {
+    SeqKey mkey(it->second.topic_id, op->seq);
+    MDB_val mk = Val(mkey.bytes, sizeof mkey.bytes), mv;
+    int rc = mdb_get(txn, d.messages, &mk, &mv);
+    if (rc != MDB_NOTFOUND) Check(rc, "reading a message to dead-letter");
+    MessageHeader h;
+    if (rc == 0 && h.Decode(static_cast<const char*>(mv.mv_data), mv.mv_size)) {
+      envelope.assign(static_cast<const char*>(mv.mv_data) + MessageHeader::kSize + h.key_len, h.env_len);
+    }
+  }
+  DeadHeader h;
+  h.state = DeadHeader::kDead;
+  h.delivery_count = op->count;
+  h.dead_lettered_at_us = op->now_us;
+  h.reason_len = static_cast<uint32_t>(op->reason.size());
+  h.error_len = static_cast<uint32_t>(op->error.size());
+  h.key_len = static_cast<uint32_t>(op->key.size());
+  h.env_len = static_cast<uint32_t>(envelope.size());
+  std::string value(DeadHeader::kSize, '\0');
+  h.Encode(value.data());
+  value += op->reason;
+  value += op->error;
+  value += op->key;
+  value += envelope;
+  v = Val(value);
+  Check(mdb_put(txn, d.dead, &k, &v, 0), "writing a dead letter");
+  int rc = mdb_del(txn, d.counts, &k, nullptr);
+  if (rc != MDB_NOTFOUND) Check(rc, "forgetting a delivery count");
+  if (op->park) {
+    std::string pk = NameKey(op->sub_id, op->key);
+    MDB_val pkv = Val(pk), pv = Val(&op->seq, 8);
+    Check(mdb_put(txn, d.parked, &pkv, &pv, 0), "parking a key");
+  }
+}
+
+Status Writer::Unpark(MDB_txn* txn, uint32_t sub_id, const std::vector<std::string>& keys) {
+  for (const std::string& key : keys) {
+    std::string pk = NameKey(sub_id, key);
+    MDB_val k = Val(pk);
+    int rc = mdb_del(txn, env_->dbi().parked, &k, nullptr);
+    if (rc != 0 && rc != MDB_NOTFOUND) return LmdbStatus(rc, "releasing a parked key");
+  }
+  return Status::Ok();
+}
+
+void Writer::ApplyRedrive(MDB_txn* txn, WriteOp* op) {
+  const Dbis& d = env_->dbi();
+  for (uint64_t seq : op->seqs) {
+    SeqKey key(op->sub_id, seq);
+    MDB_val k = Val(key.bytes, sizeof key.bytes), v;
+    int rc = mdb_get(txn, d.dead, &k, &v);
+    if (rc == MDB_NOTFOUND) continue;
+    Check(rc, "reading a dead letter");
+    std::string value(static_cast<const char*>(v.mv_data), v.mv_size);
+    DeadHeader h;
+    if (!h.Decode(value.data(), value.size())) continue;
+    h.state = DeadHeader::kRedriven;
+    h.Encode(value.data());
+    v = Val(value);
+    Check(mdb_put(txn, d.dead, &k, &v, 0), "redriving a dead letter");
+  }
+  Status s = Unpark(txn, op->sub_id, op->keys);
+  if (!s.ok()) throw TxnError{s};
+}
+
+void Writer::ApplyDeleteDead(MDB_txn* txn, WriteOp* op) {
+  for (uint64_t seq : op->seqs) {
+    SeqKey key(op->sub_id, seq);
+    MDB_val k = Val(key.bytes, sizeof key.bytes);
+    int rc = mdb_del(txn, env_->dbi().dead, &k, nullptr);
+    if (rc != MDB_NOTFOUND) Check(rc, "deleting a dead letter");
+  }
+  Status s = Unpark(txn, op->sub_id, op->keys);
+  if (!s.ok()) throw TxnError{s};
+}
+
+}  // namespace sluice::broker::store

@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: MIT
+#include "daemon/log.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <mutex>
+#include <string>
+
+namespace sluice::log {
+namespace {
+
+std::atomic<int> g_level{static_cast<int>(LogLevel::kInfo)};
+std::mutex g_identity_mu;
+std::string g_identity = "sluiced";
+const bool g_tty = isatty(STDERR_FILENO) == 1;
+
+}  // namespace
+
+void SetLevel(LogLevel level) { g_level.store(static_cast<int>(level), std::memory_order_relaxed); }
+
+LogLevel Level() { return static_cast<LogLevel>(g_level.load(std::memory_order_relaxed)); }
+
+void SetIdentity(std::string_view identity) {
+  std::lock_guard lock(g_identity_mu);
+  g_identity = identity;
+}
+
+void Write(LogLevel level, std::string_view message) {
+  std::string line;
+  {
+    std::lock_guard lock(g_identity_mu);
+    line = g_tty ? fmt::format("{}: {}: {}\n", g_identity, LogLevelName(level), message)
+                 : fmt::format("<{}>{}: {}\n", static_cast<int>(level), g_identity, message);
+  }
+  // One write per line keeps lines from different threads and worker processes whole.
+  ssize_t unused = ::write(STDERR_FILENO, line.data(), line.size());
+  (void)unused;
+}
+
+}  // namespace sluice::log
