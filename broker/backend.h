@@ -131,6 +131,45 @@ struct ParkedKey {
   uint64_t backlog = 0;           // messages with this key waiting behind it
 };
 
+// A plugin handler's effects, committed with the ack of its input in one transaction (DESIGN.md,
+// "Plugins"). Keys live in the keyspace named after the plugin; their stored version is the `version`
+// of the last bundle that wrote them (0 = absent).
+struct KvReadCheck {
+  std::string key;
+  uint64_t version = 0;
+};
+
+struct KvMutation {
+  std::string key;
+  std::string value;
+  bool erase = false;
+};
+
+struct BundleRequest {
+  uint64_t consumer_id = 0;
+  uint64_t delivery_id = 0;                // the input; acked by the commit
+  std::string keyspace;                    // the plugin's name
+  uint64_t version = 0;                    // stamped on every written key; non-zero
+  std::vector<KvReadCheck> reads;
+  std::vector<KvMutation> writes;
+  std::vector<PublishRequest> publishes;   // dedupe = true: a re-run's repeats are not stored twice
+};
+
+enum class BundleOutcome {
+  kCommitted,
+  kConflict,    // a read key's version changed: nothing was applied; run the handler again
+  kLeaseLost,   // the input is not leased to this consumer any more: nothing was applied
+  kOutcomeCount,
+};
+
+struct BundleResult {
+  BundleOutcome outcome = BundleOutcome::kCommitted;
+  std::string message;                     // which key conflicted, ...
+  std::vector<PublishResult> published;    // one per publish, when committed
+};
+
+using BundleCallback = std::function<void(Result<BundleResult>)>;
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -145,6 +184,15 @@ class Backend {
   // The consumer is gone (disconnect): its in-flight messages become available again. When `crashed`,
   // each of them also counts a crash (poison detection).
   virtual void Detach(uint64_t consumer_id, bool crashed) = 0;
+
+  // Commits a plugin handler's bundle: checks the input's lease and the read versions, then applies
+  // the writes, the publishes and the ack in one transaction. A storage failure is the Status; a
+  // conflict or a lost lease is an outcome (nothing applied, the lease stays as it was).
+  // A backend without plugin support answers kUnavailable.
+  virtual void CommitBundle(BundleRequest request, BundleCallback done) {
+    (void)request;
+    done(Unavailable("this backend cannot commit plugin bundles"));
+  }
 
   // Leases, scheduled redeliveries and retention that are due at the clock's now.
   virtual void RunTimers() = 0;

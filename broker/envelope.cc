@@ -33,10 +33,10 @@ void Finish(flatbuffers::FlatBufferBuilder& fbb, std::string* out) {
   if (fbb.GetSize() > (1u << 20)) fbb.Reset();
 }
 
-}  // namespace
-
-void BuildStoredEnvelope(const wire::Envelope& in, Uuid id, int64_t publish_time_us, std::string* out) {
-  auto& fbb = Builder();
+// Copies `in` into `fbb` with the given id and publish time: the one copy routine behind
+// BuildStoredEnvelope and CopyEnvelope.
+flatbuffers::Offset<wire::Envelope> CopyInto(flatbuffers::FlatBufferBuilder& fbb, const wire::Envelope& in,
+                                             const wire::Uuid* id, int64_t publish_time_us) {
   auto topic = Str(fbb, in.topic());
   auto key = Str(fbb, in.key());
   auto type = Str(fbb, in.type());
@@ -54,9 +54,8 @@ void BuildStoredEnvelope(const wire::Envelope& in, Uuid id, int64_t publish_time
   }
   flatbuffers::Offset<flatbuffers::Vector<uint8_t>> payload = 0;
   if (in.payload() != nullptr) payload = fbb.CreateVector(in.payload()->data(), in.payload()->size());
-  wire::Uuid wid = ToWire(id);
   wire::EnvelopeBuilder b(fbb);
-  b.add_id(&wid);
+  if (id != nullptr) b.add_id(id);
   b.add_topic(topic);
   b.add_key(key);
   b.add_type(type);
@@ -66,8 +65,20 @@ void BuildStoredEnvelope(const wire::Envelope& in, Uuid id, int64_t publish_time
   b.add_headers(headers);
   b.add_payload(payload);
   b.add_seq(in.seq());
-  fbb.Finish(b.Finish());
+  return b.Finish();
+}
+
+}  // namespace
+
+void BuildStoredEnvelope(const wire::Envelope& in, Uuid id, int64_t publish_time_us, std::string* out) {
+  auto& fbb = Builder();
+  wire::Uuid wid = ToWire(id);
+  fbb.Finish(CopyInto(fbb, in, &wid, publish_time_us));
   Finish(fbb, out);
+}
+
+flatbuffers::Offset<wire::Envelope> CopyEnvelope(flatbuffers::FlatBufferBuilder& fbb, const wire::Envelope& in) {
+  return CopyInto(fbb, in, in.id(), in.publish_time_us());
 }
 
 void BuildEnvelope(const EnvelopeFields& f, std::string* out) {

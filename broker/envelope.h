@@ -28,6 +28,9 @@ namespace sluice::broker {
 // present (0). The result replaces *out.
 void BuildStoredEnvelope(const wire::Envelope& in, Uuid id, int64_t publish_time_us, std::string* out);
 
+// Copies every field of `in` as it is (id, time and seq included) into `fbb`, e.g. to forward a Reply.
+flatbuffers::Offset<wire::Envelope> CopyEnvelope(flatbuffers::FlatBufferBuilder& fbb, const wire::Envelope& in);
+
 // Plain fields of an envelope, for tests and the client library.
 struct EnvelopeFields {
   std::string topic;

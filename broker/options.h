@@ -63,6 +63,7 @@ struct SubscriptionConfig {
   uint32_t max_deliveries = 5;                 // 1 .. 1000
   Duration ack_wait = std::chrono::seconds(30);
   BackoffConfig backoff;
+  uint32_t max_crashes = 3;                    // a message held by this many crashed workers is poison
   uint64_t max_backlog = 0;                    // 0 = unlimited
   BacklogFullPolicy on_full = BacklogFullPolicy::kBlock;
 

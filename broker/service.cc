@@ -11,31 +11,6 @@ namespace {
 constexpr uint64_t kRequestSweepMs = 50;
 constexpr uint32_t kDefaultRequestTimeoutMs = 30000;
 
-flatbuffers::Offset<flatbuffers::String> Str(flatbuffers::FlatBufferBuilder& fbb,
-                                             const flatbuffers::String* s) {
-  return s ? fbb.CreateString(s->c_str(), s->size()) : 0;
-}
-
-// Deep copy of an Envelope table into another builder (a Reply forwarded to its requester).
-flatbuffers::Offset<wire::Envelope> CopyEnvelope(flatbuffers::FlatBufferBuilder& fbb,
-                                                 const wire::Envelope& e) {
-  std::vector<flatbuffers::Offset<wire::Header>> headers;
-  if (e.headers()) {
-    for (const auto* h : *e.headers()) {
-      headers.push_back(wire::CreateHeader(fbb, Str(fbb, h->name()), Str(fbb, h->value())));
-    }
-  }
-  auto topic = Str(fbb, e.topic());
-  auto key = Str(fbb, e.key());
-  auto type = Str(fbb, e.type());
-  auto corr = Str(fbb, e.correlation_id());
-  auto cause = Str(fbb, e.causation_id());
-  auto hdrs = e.headers() ? fbb.CreateVector(headers) : 0;
-  auto payload = e.payload() ? fbb.CreateVector(e.payload()->data(), e.payload()->size()) : 0;
-  return wire::CreateEnvelope(fbb, e.id(), topic, key, type, corr, cause, e.publish_time_us(), hdrs,
-                              payload, e.seq());
-}
-
 }  // namespace
 
 // One consumer of one subscription, attached to one connection.
