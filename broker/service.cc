@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: MIT
 #include "broker/service.h"
 
+#include <algorithm>
+#include <optional>
+
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "broker/envelope.h"
 
@@ -10,6 +14,8 @@ namespace {
 
 constexpr uint64_t kRequestSweepMs = 50;
 constexpr uint32_t kDefaultRequestTimeoutMs = 30000;
+// Plugin keys are stored as keyspace + NUL + key under LMDB's 511-byte key limit.
+constexpr size_t kMaxKeyBytes = 400;
 
 }  // namespace
 
@@ -41,6 +47,7 @@ class BrokerService::Consumer : public ConsumerSink {
 
 struct BrokerService::Session {
   bool hello_done = false;
+  std::optional<PluginIdentity> plugin;
   std::string client_name;
   std::weak_ptr<net::Connection> conn;
   std::unordered_map<uint64_t, std::unique_ptr<Consumer>> consumers;  // by consumer id
@@ -87,6 +94,32 @@ void BrokerService::Accept(uv_pipe_t* client) {
   stats_.connections = conns_.size();
 }
 
+uint64_t BrokerService::AttachPlugin(uv_pipe_t* pipe, PluginIdentity identity) {
+  auto conn = conns_.Add(pipe, options_.max_frame_bytes, this);
+  auto session = std::make_unique<Session>();
+  session->conn = conn;
+  session->plugin = std::move(identity);
+  sessions_.emplace(conn->id(), std::move(session));
+  ++stats_.connections_total;
+  stats_.connections = conns_.size();
+  return conn->id();
+}
+
+void BrokerService::PluginExited(uint64_t conn_id, bool crashed) {
+  auto it = closed_plugins_.find(conn_id);
+  if (it != closed_plugins_.end()) {
+    DetachSession(*it->second, crashed);
+    closed_plugins_.erase(it);
+    return;
+  }
+  exited_plugins_[conn_id] = crashed;
+}
+
+void BrokerService::DetachSession(Session& s, bool crashed) {
+  for (auto& [id, consumer] : s.consumers) backend_->Detach(id, crashed);
+  s.consumers.clear();
+}
+
 void BrokerService::CloseAll() { conns_.CloseAll(Status::Ok()); }
 
 void BrokerService::OnFrame(net::Connection& conn, const wire::Frame& frame) {
@@ -107,7 +140,7 @@ void BrokerService::OnFrame(net::Connection& conn, const wire::Frame& frame) {
   }
   switch (frame.body_type()) {
     case wire::Body::Publish:
-      OnPublish(conn, *frame.body_as_Publish());
+      OnPublish(conn, s, *frame.body_as_Publish());
       break;
     case wire::Body::Subscribe:
       OnSubscribe(conn, s, *frame.body_as_Subscribe());
@@ -156,6 +189,9 @@ void BrokerService::OnFrame(net::Connection& conn, const wire::Frame& frame) {
       break;
     case wire::Body::Reply:
       OnReply(conn, *frame.body_as_Reply());
+      break;
+    case wire::Body::Bundle:
+      OnBundle(conn, s, *frame.body_as_Bundle());
       break;
     case wire::Body::Hello:
       conn.SendError(0, wire::ErrorCode::Malformed, "Hello sent twice", /*fatal=*/true);
@@ -213,10 +249,31 @@ void BrokerService::PublishEnvelope(const wire::Envelope& env, uint64_t reply_to
   });
 }
 
-void BrokerService::OnPublish(net::Connection& conn, const wire::Publish& publish) {
+namespace {
+
+// A plugin may publish only to the topics its descriptor declared; Ok for any other client.
+Status CheckPublishAllowed(const std::optional<PluginIdentity>& plugin, const wire::Envelope& env) {
+  if (!plugin) return Status::Ok();
+  std::string_view topic = env.topic() ? env.topic()->string_view() : std::string_view();
+  if (std::find(plugin->publishes.begin(), plugin->publishes.end(), topic) != plugin->publishes.end()) {
+    return Status::Ok();
+  }
+  return Status(StatusCode::kPermissionDenied,
+                fmt::format("plugin '{}' may not publish to '{}' (declared: {})", plugin->name, topic,
+                            plugin->publishes.empty() ? "none" : fmt::format("{}", fmt::join(plugin->publishes, ", "))));
+}
+
+}  // namespace
+
+void BrokerService::OnPublish(net::Connection& conn, Session& s, const wire::Publish& publish) {
   ++stats_.publishes;
   uint64_t conn_id = conn.id();
   uint64_t request_id = publish.request_id();
+  Status allowed = CheckPublishAllowed(s.plugin, *publish.envelope());
+  if (!allowed.ok()) {
+    SendErrorTo(conn_id, request_id, allowed);
+    return;
+  }
   PublishEnvelope(*publish.envelope(), 0,
                   [this, conn_id, request_id](Result<PublishResult> r) {
                     if (!r.ok()) {
@@ -305,26 +362,139 @@ void BrokerService::OnRequest(net::Connection& conn, const wire::Request& reques
                   });
 }
 
-void BrokerService::OnReply(net::Connection& conn, const wire::Reply& reply) {
-  auto it = requests_.find(reply.reply_token());
-  if (it == requests_.end()) {
-    // The requester timed out or went away, or the request predates a restart: nothing to route to.
-    return;
-  }
+void BrokerService::OnReply(net::Connection& /*conn*/, const wire::Reply& reply) {
+  // Nobody waiting (timed out, gone, or a request from before a restart) is not an error.
+  RouteReply(reply.reply_token(), reply.envelope(), reply.error() ? reply.error()->string_view() : "");
+}
+
+bool BrokerService::RouteReply(uint64_t reply_token, const wire::Envelope* env, std::string_view error) {
+  auto it = requests_.find(reply_token);
+  if (it == requests_.end()) return false;
   PendingRequest req = it->second;
   requests_.erase(it);
   auto target = conns_.Find(req.conn_id);
-  if (!target || target->closed()) return;
+  if (!target || target->closed()) return false;
   auto sit = sessions_.find(req.conn_id);
-  if (sit == sessions_.end()) return;
-  (void)conn;
+  if (sit == sessions_.end()) return false;
   auto& fbb = sit->second->fbb;
   fbb.Clear();
-  flatbuffers::Offset<wire::Envelope> env = reply.envelope() ? CopyEnvelope(fbb, *reply.envelope()) : 0;
-  auto err = reply.error() ? fbb.CreateString(reply.error()->c_str(), reply.error()->size()) : 0;
-  auto out = wire::CreateReply(fbb, req.request_id, 0, env, err);
+  flatbuffers::Offset<wire::Envelope> out_env = env ? CopyEnvelope(fbb, *env) : 0;
+  auto err = error.empty() ? 0 : fbb.CreateString(error.data(), error.size());
+  auto out = wire::CreateReply(fbb, req.request_id, 0, out_env, err);
   wire::FinishFrame(fbb, wire::Body::Reply, out.Union());
   target->Send(fbb);
+  return true;
+}
+
+void BrokerService::OnBundle(net::Connection& conn, Session& s, const wire::Bundle& bundle) {
+  uint64_t conn_id = conn.id();
+  uint64_t request_id = bundle.request_id();
+  auto ack = [this, conn_id, request_id](wire::BundleStatus status, std::string_view message) {
+    auto c = conns_.Find(conn_id);
+    auto sit = sessions_.find(conn_id);
+    if (!c || c->closed() || sit == sessions_.end()) return;
+    auto& fbb = sit->second->fbb;
+    fbb.Clear();
+    auto msg = message.empty() ? 0 : fbb.CreateString(message.data(), message.size());
+    auto a = wire::CreateBundleAck(fbb, request_id, status, msg);
+    wire::FinishFrame(fbb, wire::Body::BundleAck, a.Union());
+    c->Send(fbb);
+  };
+  if (!s.plugin) {
+    conn.SendError(request_id, wire::ErrorCode::PermissionDenied,
+                   "Bundle is only accepted on a plugin worker's connection", false);
+    return;
+  }
+  if (!s.consumers.count(bundle.consumer_id())) {
+    ack(wire::BundleStatus::Refused, fmt::format("unknown consumer {}", bundle.consumer_id()));
+    return;
+  }
+  if (bundle.version() == 0) {
+    ack(wire::BundleStatus::Refused, "bundle version must be non-zero");
+    return;
+  }
+  BundleRequest req;
+  req.consumer_id = bundle.consumer_id();
+  req.delivery_id = bundle.delivery_id();
+  req.keyspace = s.plugin->name;
+  req.version = bundle.version();
+  auto bytes = [](const flatbuffers::Vector<uint8_t>* v) {
+    return v ? std::string(reinterpret_cast<const char*>(v->data()), v->size()) : std::string();
+  };
+  if (bundle.reads()) {
+    for (const auto* r : *bundle.reads()) req.reads.push_back({bytes(r->key()), r->version()});
+  }
+  if (bundle.writes()) {
+    for (const auto* w : *bundle.writes()) {
+      std::string key = bytes(w->key());
+      if (key.empty() || key.size() > kMaxKeyBytes) {
+        ack(wire::BundleStatus::Refused,
+            fmt::format("keys must be 1..{} bytes, got {}", kMaxKeyBytes, key.size()));
+        return;
+      }
+      req.writes.push_back({std::move(key), bytes(w->value()), w->delete_()});
+    }
+  }
+  int64_t now = clock_.NowUs();
+  if (bundle.publishes()) {
+    for (const auto* env : *bundle.publishes()) {
+      Status allowed = CheckPublishAllowed(s.plugin, *env);
+      if (!allowed.ok()) {
+        ack(wire::BundleStatus::Refused, allowed.message());
+        return;
+      }
+      const wire::Uuid* id = env->id();
+      if (!id || (id->hi() == 0 && id->lo() == 0)) {
+        ack(wire::BundleStatus::Refused, "a bundle's publishes need ids (derived from the input's id)");
+        return;
+      }
+      PublishRequest p;
+      p.topic = env->topic()->str();
+      p.id = Uuid{id->hi(), id->lo()};
+      p.dedupe = true;
+      p.publish_time_us = now;
+      BuildStoredEnvelope(*env, p.id, now, &p.envelope);
+      req.publishes.push_back(std::move(p));
+    }
+  }
+  // The reply is routed only after the commit, so a requester never sees an answer that a crash
+  // could take back.
+  uint64_t reply_token = bundle.reply_token();
+  std::shared_ptr<std::string> reply_env;
+  if (bundle.reply()) {
+    flatbuffers::FlatBufferBuilder rb(256);
+    rb.Finish(CopyEnvelope(rb, *bundle.reply()));
+    reply_env = std::make_shared<std::string>(reinterpret_cast<const char*>(rb.GetBufferPointer()), rb.GetSize());
+  }
+  std::string reply_error = bundle.reply_error() ? bundle.reply_error()->str() : "";
+  ++in_flight_publishes_;
+  backend_->CommitBundle(std::move(req), [this, ack, reply_token, reply_env, reply_error](Result<BundleResult> r) {
+    --in_flight_publishes_;
+    if (!r.ok()) {
+      ack(wire::BundleStatus::Refused, r.status().message());
+      return;
+    }
+    switch (r->outcome) {
+      case BundleOutcome::kCommitted: {
+        if (reply_token != 0 && (reply_env || !reply_error.empty())) {
+          const wire::Envelope* env = nullptr;
+          if (reply_env) {
+            // Heap storage is aligned for FlatBuffers; the buffer was built above, so it verifies.
+            env = flatbuffers::GetRoot<wire::Envelope>(reply_env->data());
+          }
+          RouteReply(reply_token, env, reply_error);
+        }
+        ack(wire::BundleStatus::Committed, "");
+        break;
+      }
+      case BundleOutcome::kConflict:
+        ack(wire::BundleStatus::Conflict, r->message);
+        break;
+      default:
+        ack(wire::BundleStatus::LeaseLost, r->message);
+        break;
+    }
+  });
 }
 
 void BrokerService::SendErrorTo(uint64_t conn_id, uint64_t request_id, const Status& status) {
@@ -353,7 +523,18 @@ void BrokerService::OnClosed(net::Connection& conn, const Status& reason) {
   if (!reason.ok() && reason.code() == StatusCode::kProtocol) ++stats_.protocol_errors;
   auto it = sessions_.find(conn.id());
   if (it != sessions_.end()) {
-    for (auto& [id, consumer] : it->second->consumers) backend_->Detach(id, /*crashed=*/false);
+    if (it->second->plugin) {
+      // Whether the worker crashed is known only from its exit status (PluginExited).
+      auto exited = exited_plugins_.find(conn.id());
+      if (exited != exited_plugins_.end()) {
+        DetachSession(*it->second, exited->second);
+        exited_plugins_.erase(exited);
+      } else {
+        closed_plugins_.emplace(conn.id(), std::move(it->second));
+      }
+    } else {
+      DetachSession(*it->second, /*crashed=*/false);
+    }
     sessions_.erase(it);
   }
   for (auto rit = requests_.begin(); rit != requests_.end();) {

@@ -38,6 +38,14 @@ struct ServiceOptions {
   std::string server_version;
 };
 
+// Who is at the other end of a plugin connection: set by the supervisor, which created the socket pair,
+// so a worker cannot claim another plugin's identity.
+struct PluginIdentity {
+  std::string name;                      // also the plugin's keyspace
+  uint32_t instance = 0;
+  std::vector<std::string> publishes;    // topics it may publish to
+};
+
 struct ServiceStats {
   uint64_t connections = 0;          // open now
   uint64_t connections_total = 0;    // accepted since start
@@ -54,6 +62,12 @@ class BrokerService : public net::FrameHandler {
 
   // Accepts a connection from the listener.
   void Accept(uv_pipe_t* client);
+  // Adopts the daemon's end of a plugin worker's socket pair; returns the connection id.
+  uint64_t AttachPlugin(uv_pipe_t* pipe, PluginIdentity identity);
+  // The worker behind connection `conn_id` exited; `crashed` when by a signal or a failure status. Its
+  // in-flight messages return to their subscriptions, and when crashed each counts a crash (poison
+  // detection). Either order of this call and the connection's close is fine.
+  void PluginExited(uint64_t conn_id, bool crashed);
   // Closes every connection; in-flight deliveries return to their subscriptions.
   void CloseAll();
   // Applies new limits (reload); existing connections keep their frame limit.
@@ -78,10 +92,14 @@ class BrokerService : public net::FrameHandler {
   };
 
   void OnHello(net::Connection& conn, Session& s, const wire::Hello& hello);
-  void OnPublish(net::Connection& conn, const wire::Publish& publish);
+  void OnPublish(net::Connection& conn, Session& s, const wire::Publish& publish);
   void OnSubscribe(net::Connection& conn, Session& s, const wire::Subscribe& sub);
   void OnRequest(net::Connection& conn, const wire::Request& request);
   void OnReply(net::Connection& conn, const wire::Reply& reply);
+  void OnBundle(net::Connection& conn, Session& s, const wire::Bundle& bundle);
+  // Sends a Reply frame with `env`/`error` to whoever waits on `reply_token`; false if nobody does.
+  bool RouteReply(uint64_t reply_token, const wire::Envelope* env, std::string_view error);
+  void DetachSession(Session& s, bool crashed);
   // Validates and publishes an envelope; `done` gets the backend's answer.
   void PublishEnvelope(const wire::Envelope& env, uint64_t reply_token, PublishCallback done);
   void SendErrorTo(uint64_t conn_id, uint64_t request_id, const Status& status);
@@ -94,6 +112,10 @@ class BrokerService : public net::FrameHandler {
   net::ConnectionSet conns_;
   std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;  // by connection id
   std::unordered_map<uint64_t, PendingRequest> requests_;            // by reply token
+  // Plugin connections whose worker exit status is not known yet (closed first) and exits not yet
+  // matched to a close (exited first), by connection id.
+  std::unordered_map<uint64_t, std::unique_ptr<Session>> closed_plugins_;
+  std::unordered_map<uint64_t, bool> exited_plugins_;
   uint64_t next_reply_token_;
   uv_timer_t* request_timer_;
   ServiceStats stats_;
