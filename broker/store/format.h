@@ -33,6 +33,7 @@ inline constexpr const char* kDbDead = "dead";           // sub id u32 + seq u64
 inline constexpr const char* kDbParked = "parked";       // sub id u32 + key bytes -> u64 parked_at_seq
 inline constexpr const char* kDbDedupe = "dedupe";       // topic id u32 + uuid 16 -> u64 seq, i64 time
 inline constexpr const char* kDbDedupeTime = "dedupe_time";  // time u64 + topic id u32 + uuid 16 -> ()
+// Plugin keyspaces ("kv"): kDbKv and the key layout are in broker/store/keyspace_reader.h.
 inline constexpr int kMaxDbs = 16;                       // room for plugin keyspaces' own DBs later
 
 inline constexpr std::string_view kMetaFormatVersion = "format_version";  // u32
@@ -169,7 +170,7 @@ struct TopicRecord {
 // A subscription record: its options as created and its cursor. Invariant: every seq <= floor is
 // acked (or dead-lettered, or skipped); acked seqs above it are the `acks` entries of this sub id.
 struct SubRecord {
-  static constexpr size_t kSize = 76;
+  static constexpr size_t kSize = 80;
   uint32_t id = 0;
   uint64_t floor = 0;
   uint64_t skipped = 0;
@@ -182,6 +183,7 @@ struct SubRecord {
   int64_t backoff_max_ms = 300000;
   uint64_t max_backlog = 0;
   int64_t created_us = 0;
+  uint32_t max_crashes = 3;
 
   void Encode(char* p) const {
     PutLe(p, id);
@@ -197,6 +199,7 @@ struct SubRecord {
     PutLe(p + 52, backoff_max_ms);
     PutLe(p + 60, max_backlog);
     PutLe(p + 68, created_us);
+    PutLe(p + 76, max_crashes);
   }
   bool Decode(const char* p, size_t size) {
     if (size < kSize) return false;
@@ -212,6 +215,7 @@ struct SubRecord {
     backoff_max_ms = GetLe<int64_t>(p + 52);
     max_backlog = GetLe<uint64_t>(p + 60);
     created_us = GetLe<int64_t>(p + 68);
+    max_crashes = GetLe<uint32_t>(p + 76);
     return true;
   }
 };

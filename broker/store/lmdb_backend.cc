@@ -16,21 +16,10 @@
 #include "broker/store/writer.h"
 
 namespace sluice::broker {
+// The implementation lives in store:: so its helper types cannot collide with other broker files in a
+// unity build.
+namespace store {
 namespace {
-
-using store::AckWindow;
-using store::Batch;
-using store::DeadHeader;
-using store::Env;
-using store::MessageHeader;
-using store::OpKind;
-using store::ReadTxn;
-using store::SeqKey;
-using store::SubRecord;
-using store::TopicRecord;
-using store::TopicSnapshot;
-using store::WriteOp;
-using store::Writer;
 
 // Messages a subscription holds in memory ahead of delivery (its window plus messages held behind a
 // busy key). Bounds memory per subscription whatever the backlog in LMDB.
@@ -46,7 +35,6 @@ bool ValidName(std::string_view s) {
   });
 }
 
-MDB_val Val(const void* p, size_t n) { return MDB_val{n, const_cast<void*>(p)}; }
 
 struct Topic;
 struct Sub;
@@ -55,6 +43,7 @@ struct Sub;
 struct Pending {
   uint64_t seq = 0;
   uint32_t count = 1;      // the delivery_count this delivery carries
+  uint32_t crashes = 0;    // consumers that crashed holding it (in memory only)
   bool from_dead = false;  // a redriven dead letter: the envelope lives in the dead DB
   std::string key;         // only with ordering = "key"
 };
@@ -62,6 +51,9 @@ struct Pending {
 struct InFlight {
   uint64_t delivery_id = 0;
   uint64_t consumer_id = 0;
+  // A bundle for it is being committed: the lease is out of its subscription's list, so neither
+  // expiry nor a detach can hand the message to someone else until the commit's outcome is known.
+  bool committing = false;
   Pending msg;
   int64_t deadline_us = 0;
   Sub* sub = nullptr;
@@ -173,6 +165,7 @@ class LmdbBackend final : public Backend {
   Result<uint64_t> Purge(std::string_view topic, std::string_view sub) override;
   Result<std::vector<ParkedKey>> ListParkedKeys(std::string_view topic, std::string_view sub) override;
   void Close(std::function<void()> done) override;
+  void CommitBundle(BundleRequest request, BundleCallback done) override;
 
  private:
   // Ends the loop's read transaction when the outermost entry point returns (so the writer may grow
@@ -213,6 +206,10 @@ class LmdbBackend final : public Backend {
   void FlushAcks(Sub* sub);
   void Unlink(InFlight* f);
   InFlight TakeLease(std::unordered_map<uint64_t, InFlight>::iterator it);
+  void LinkLease(InFlight* f);
+  // Records the ack of a lease already taken out of leases_.
+  void SettleAck(InFlight f);
+  void FinishBundle(uint64_t delivery_id, WriteOp& op, const BundleCallback& done);
   int64_t BackoffUs(const Sub* sub, uint32_t count) const;
   uint64_t PendingCount(const Sub* sub) const;
   void Complete(std::function<void()> fn);
@@ -473,7 +470,7 @@ Status LmdbBackend::LoadSub(Sub* sub) {
   auto scan = [&](MDB_dbi dbi, const void* from, size_t from_len, auto&& fn) -> Status {
     int rc = mdb_cursor_open(txn, dbi, &cur);
     if (rc != 0) return store::LmdbStatus(rc, "loading a subscription");
-    k = Val(from, from_len);
+    k = MdbVal(from, from_len);
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
       if (k.mv_size < 4 || store::GetBe32(static_cast<const char*>(k.mv_data)) != sub->id) break;
       fn(static_cast<const char*>(k.mv_data), k.mv_size, static_cast<const char*>(v.mv_data), v.mv_size);
@@ -623,8 +620,114 @@ void LmdbBackend::Unlink(InFlight* f) {
   f->prev = f->next = nullptr;
 }
 
+void LmdbBackend::LinkLease(InFlight* f) {
+  Sub* s = f->sub;
+  f->next = nullptr;
+  f->prev = s->lease_tail;
+  if (s->lease_tail) s->lease_tail->next = f; else s->lease_head = f;
+  s->lease_tail = f;
+}
+
+void LmdbBackend::SettleAck(InFlight f) {
+  Sub* s = f.sub;
+  ++s->acked;
+  if (f.msg.from_dead) {
+    s->dead_acked.push_back(f.msg.seq);
+  } else {
+    if (s->acks.Ack(f.msg.seq)) s->new_acks.push_back(f.msg.seq);
+    if (f.msg.count > 1 || s->counts.count(f.msg.seq)) {
+      s->counts.erase(f.msg.seq);
+      s->forget_counts.push_back(f.msg.seq);
+    }
+  }
+  s->ack_dirty = true;
+  ReleaseKey(s, f.msg.key, f.msg.seq);
+  if (!s->dirty) {
+    s->dirty = true;
+    dirty_.insert(s);
+  }
+}
+
+void LmdbBackend::CommitBundle(BundleRequest request, BundleCallback done) {
+  auto lost = [this, &done](std::string why) {
+    Complete([done = std::move(done), why = std::move(why)] {
+      BundleResult r;
+      r.outcome = BundleOutcome::kLeaseLost;
+      r.message = why;
+      done(r);
+    });
+  };
+  if (closing_) {
+    Complete([done = std::move(done)] { done(Unavailable("the store is closing")); });
+    return;
+  }
+  auto it = leases_.find(request.delivery_id);
+  if (it == leases_.end() || it->second.consumer_id != request.consumer_id) {
+    lost(fmt::format("delivery {} is not leased to consumer {} (expired or settled)", request.delivery_id,
+                     request.consumer_id));
+    return;
+  }
+  if (it->second.committing) {
+    lost(fmt::format("delivery {} already has a bundle being committed", request.delivery_id));
+    return;
+  }
+  InFlight& f = it->second;
+  Unlink(&f);
+  f.committing = true;
+  WriteOp& op = outbox_.emplace_back();
+  op.kind = OpKind::kBundle;
+  op.now_us = clock_.NowUs();
+  op.sub_id = f.sub->id;
+  // A redriven dead letter is settled by deleting its dead-letter entry after the commit.
+  op.seq = f.msg.from_dead ? 0 : f.msg.seq;
+  for (auto& p : request.publishes) {
+    if (p.publish_time_us == 0) p.publish_time_us = op.now_us;
+  }
+  op.bundle = std::move(request);
+  uint64_t did = f.delivery_id;
+  op.done = [this, did, done = std::move(done)](WriteOp& o) { FinishBundle(did, o, done); };
+  ScheduleWork();
+}
+
+void LmdbBackend::FinishBundle(uint64_t delivery_id, WriteOp& op, const BundleCallback& done) {
+  auto it = leases_.find(delivery_id);
+  if (it == leases_.end()) {
+    done(Internal("a committing lease disappeared"));
+    return;
+  }
+  InFlight f = TakeLease(it);
+  if (op.status.ok() && op.bundle_result.outcome == BundleOutcome::kCommitted) {
+    SettleAck(std::move(f));
+    ScheduleWork();
+    done(op.bundle_result);
+    return;
+  }
+  // Nothing was applied. A live consumer keeps the lease (it runs the handler again on a conflict);
+  // the message of a consumer that went away meanwhile goes back to the subscription.
+  bool alive = consumers_.count(f.consumer_id) > 0;
+  int64_t now = clock_.NowUs();
+  if (alive) {
+    auto c = consumers_.find(f.consumer_id);
+    ++c->second.in_flight;
+    ++f.sub->in_flight;
+    f.committing = false;
+    f.deadline_us = now + static_cast<int64_t>(f.sub->rec.ack_wait_ms) * 1000;
+    InFlight& back = leases_[delivery_id];
+    back = std::move(f);
+    LinkLease(&back);
+  } else {
+    Requeue(std::move(f), now, "the consumer detached while its bundle was committing", false);
+  }
+  ScheduleWork();
+  if (!op.status.ok()) {
+    done(op.status);
+  } else {
+    done(op.bundle_result);
+  }
+}
+
 InFlight LmdbBackend::TakeLease(std::unordered_map<uint64_t, InFlight>::iterator it) {
-  Unlink(&it->second);
+  if (!it->second.committing) Unlink(&it->second);
   InFlight f = std::move(it->second);
   leases_.erase(it);
   auto c = consumers_.find(f.consumer_id);
@@ -646,25 +749,9 @@ Status LmdbBackend::Ack(uint64_t consumer_id, std::span<const uint64_t> delivery
   }
   for (uint64_t did : delivery_ids) {
     auto it = leases_.find(did);
-    if (it == leases_.end() || it->second.consumer_id != consumer_id) continue;
-    InFlight f = TakeLease(it);
-    Sub* s = f.sub;
-    ++s->acked;
-    if (f.msg.from_dead) {
-      s->dead_acked.push_back(f.msg.seq);
-    } else {
-      if (s->acks.Ack(f.msg.seq)) s->new_acks.push_back(f.msg.seq);
-      if (f.msg.count > 1 || s->counts.count(f.msg.seq)) {
-        s->counts.erase(f.msg.seq);
-        s->forget_counts.push_back(f.msg.seq);
-      }
-    }
-    s->ack_dirty = true;
-    ReleaseKey(s, f.msg.key, f.msg.seq);
-    if (!s->dirty) {
-      s->dirty = true;
-      dirty_.insert(s);
-    }
+    // A lease whose bundle is committing is settled by the commit, not by a plain ack.
+    if (it == leases_.end() || it->second.consumer_id != consumer_id || it->second.committing) continue;
+    SettleAck(TakeLease(it));
   }
   ScheduleWork();
   return Status::Ok();
@@ -672,7 +759,7 @@ Status LmdbBackend::Ack(uint64_t consumer_id, std::span<const uint64_t> delivery
 
 Status LmdbBackend::Nack(uint64_t consumer_id, uint64_t delivery_id, const NackOptions& options) {
   auto it = leases_.find(delivery_id);
-  if (it == leases_.end() || it->second.consumer_id != consumer_id) {
+  if (it == leases_.end() || it->second.consumer_id != consumer_id || it->second.committing) {
     return NotFound(fmt::format("delivery {} is not leased to consumer {} (expired or already settled)",
                                 delivery_id, consumer_id));
   }
@@ -700,11 +787,15 @@ Status LmdbBackend::Nack(uint64_t consumer_id, uint64_t delivery_id, const NackO
 
 void LmdbBackend::Requeue(InFlight lease, int64_t not_before_us, std::string_view error, bool crashed) {
   Sub* s = lease.sub;
-  if (lease.msg.count >= s->rec.max_deliveries) {
-    std::string reason = crashed ? fmt::format("poison: the consumer crashed holding it ({} deliveries)",
-                                               lease.msg.count)
-                                 : fmt::format("max_deliveries ({}) reached", s->rec.max_deliveries);
-    DeadLetterMsg(s, lease.msg, std::move(reason), std::string(error));
+  if (crashed) ++lease.msg.crashes;
+  if (crashed && lease.msg.crashes >= s->rec.max_crashes) {
+    DeadLetterMsg(s, lease.msg,
+                  fmt::format("poison: {} consumers crashed holding it (max_crashes = {})", lease.msg.crashes,
+                              s->rec.max_crashes),
+                  std::string(error));
+  } else if (lease.msg.count >= s->rec.max_deliveries) {
+    DeadLetterMsg(s, lease.msg, fmt::format("max_deliveries ({}) reached", s->rec.max_deliveries),
+                  std::string(error));
   } else {
     Pending p = std::move(lease.msg);
     ++p.count;
@@ -840,7 +931,7 @@ void LmdbBackend::Fill(Sub* sub) {
   MDB_cursor* cur = nullptr;
   if (mdb_cursor_open(read_->txn(), env_->dbi().messages, &cur) != 0) return;
   SeqKey from(t->rec.id, start);
-  MDB_val k = Val(from.bytes, sizeof from.bytes), v;
+  MDB_val k = MdbVal(from.bytes, sizeof from.bytes), v;
   int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
   bool reached_end = true;
   while (rc == 0) {
@@ -939,7 +1030,7 @@ bool LmdbBackend::DeliverTo(Consumer* c, Pending p, int64_t now_us) {
   MDB_val v;
   if (p.from_dead) {
     SeqKey key(sub->id, p.seq);
-    MDB_val k = Val(key.bytes, sizeof key.bytes);
+    MDB_val k = MdbVal(key.bytes, sizeof key.bytes);
     DeadHeader h;
     if (mdb_get(read_->txn(), env_->dbi().dead, &k, &v) == 0 &&
         h.Decode(static_cast<const char*>(v.mv_data), v.mv_size)) {
@@ -947,7 +1038,7 @@ bool LmdbBackend::DeliverTo(Consumer* c, Pending p, int64_t now_us) {
     }
   } else {
     SeqKey key(sub->topic->rec.id, p.seq);
-    MDB_val k = Val(key.bytes, sizeof key.bytes);
+    MDB_val k = MdbVal(key.bytes, sizeof key.bytes);
     MessageHeader h;
     if (mdb_get(read_->txn(), env_->dbi().messages, &k, &v) == 0 &&
         h.Decode(static_cast<const char*>(v.mv_data), v.mv_size)) {
@@ -1054,7 +1145,7 @@ void LmdbBackend::RescanKey(Sub* sub, const std::string& key, uint64_t from_seq)
     MDB_cursor* cur = nullptr;
     if (mdb_cursor_open(read_->txn(), env_->dbi().messages, &cur) == 0) {
       SeqKey from(t->rec.id, from_seq);
-      MDB_val k = Val(from.bytes, sizeof from.bytes), v;
+      MDB_val k = MdbVal(from.bytes, sizeof from.bytes), v;
       for (int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         if (k.mv_size != 12 || SeqKey::Id(static_cast<const char*>(k.mv_data)) != t->rec.id) break;
@@ -1129,7 +1220,7 @@ Result<std::vector<SubscriptionInfo>> LmdbBackend::ListSubscriptions() {
     info.ack_rate = s->ack_rate.Update(s->acked, now);
     if (info.pending > 0 && read_->Begin().ok()) {
       SeqKey k0(s->topic->rec.id, s->acks.floor() + 1);
-      MDB_val k = Val(k0.bytes, sizeof k0.bytes), v;
+      MDB_val k = MdbVal(k0.bytes, sizeof k0.bytes), v;
       MessageHeader h;
       if (mdb_get(read_->txn(), env_->dbi().messages, &k, &v) == 0 &&
           h.Decode(static_cast<const char*>(v.mv_data), v.mv_size)) {
@@ -1153,7 +1244,7 @@ Status LmdbBackend::DeadEntries(Sub* sub, std::span<const uint64_t> seqs,
   int rc = mdb_cursor_open(read_->txn(), env_->dbi().dead, &cur);
   if (rc != 0) return store::LmdbStatus(rc, "reading dead letters");
   SeqKey from(sub->id, 0);
-  MDB_val k = Val(from.bytes, sizeof from.bytes), v;
+  MDB_val k = MdbVal(from.bytes, sizeof from.bytes), v;
   for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
     if (k.mv_size != 12 || SeqKey::Id(static_cast<const char*>(k.mv_data)) != sub->id) break;
     uint64_t seq = SeqKey::Seq(static_cast<const char*>(k.mv_data));
@@ -1177,7 +1268,7 @@ Result<std::vector<DeadLetter>> LmdbBackend::ListDeadLetters(std::string_view to
   int rc = mdb_cursor_open(read_->txn(), env_->dbi().dead, &cur);
   if (rc != 0) return store::LmdbStatus(rc, "reading dead letters");
   SeqKey from(s->id, 0);
-  MDB_val k = Val(from.bytes, sizeof from.bytes), v;
+  MDB_val k = MdbVal(from.bytes, sizeof from.bytes), v;
   for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0 && (limit == 0 || out.size() < limit);
        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
     if (k.mv_size != 12 || SeqKey::Id(static_cast<const char*>(k.mv_data)) != s->id) break;
@@ -1286,7 +1377,7 @@ Result<std::vector<ParkedKey>> LmdbBackend::ListParkedKeys(std::string_view topi
   int rc = mdb_cursor_open(read_->txn(), env_->dbi().messages, &cur);
   if (rc != 0) return store::LmdbStatus(rc, "counting parked messages");
   SeqKey k0(s->topic->rec.id, from);
-  MDB_val k = Val(k0.bytes, sizeof k0.bytes), v;
+  MDB_val k = MdbVal(k0.bytes, sizeof k0.bytes), v;
   for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
     if (k.mv_size != 12 || SeqKey::Id(static_cast<const char*>(k.mv_data)) != s->topic->rec.id) break;
     uint64_t seq = SeqKey::Seq(static_cast<const char*>(k.mv_data));
@@ -1314,10 +1405,11 @@ void LmdbBackend::Close(std::function<void()> done) {
 }
 
 }  // namespace
+}  // namespace store
 
 Result<std::unique_ptr<Backend>> OpenLmdbBackend(uv_loop_t* loop, const StoreOptions& options,
                                                  const Clock& clock) {
-  auto backend = std::make_unique<LmdbBackend>(loop, options, clock);
+  auto backend = std::make_unique<store::LmdbBackend>(loop, options, clock);
   Status s = backend->Open();
   if (!s.ok()) return s;
   return std::unique_ptr<Backend>(std::move(backend));

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "broker/store/format.h"
+#include "broker/store/keyspace_reader.h"
 
 namespace sluice::broker::store {
 
@@ -85,7 +86,7 @@ Result<std::unique_ptr<Env>> Env::Open(const std::filesystem::path& data_dir, co
       {kDbMeta, &e->dbi_.meta},       {kDbTopics, &e->dbi_.topics}, {kDbMessages, &e->dbi_.messages},
       {kDbSubs, &e->dbi_.subs},       {kDbAcks, &e->dbi_.acks},     {kDbCounts, &e->dbi_.counts},
       {kDbDead, &e->dbi_.dead},       {kDbParked, &e->dbi_.parked}, {kDbDedupe, &e->dbi_.dedupe},
-      {kDbDedupeTime, &e->dbi_.dedupe_time},
+      {kDbDedupeTime, &e->dbi_.dedupe_time}, {kDbKv, &e->dbi_.kv},
   };
   for (auto& d : dbs) {
     rc = mdb_dbi_open(txn, d.name, MDB_CREATE, d.dbi);

@@ -30,9 +30,13 @@ namespace sluice::broker::store {
 // everything else kIoError with mdb_strerror(). `what` says what was being done.
 Status LmdbStatus(int rc, std::string_view what);
 
+// An MDB_val over bytes LMDB only reads (keys, values to copy in).
+inline MDB_val MdbVal(const void* p, size_t n) { return MDB_val{n, const_cast<void*>(p)}; }
+inline MDB_val MdbVal(std::string_view s) { return MdbVal(s.data(), s.size()); }
+
 struct Dbis {
   MDB_dbi meta = 0, topics = 0, messages = 0, subs = 0, acks = 0, counts = 0, dead = 0, parked = 0,
-          dedupe = 0, dedupe_time = 0;
+          dedupe = 0, dedupe_time = 0, kv = 0;
 };
 
 class Env {

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "broker/store/writer.h"
 
+#include "broker/store/keyspace_reader.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -15,8 +17,6 @@ namespace {
 // Expired dedupe entries deleted per commit: bounds the extra work one batch can take on.
 constexpr int kDedupeExpiryPerBatch = 4096;
 
-MDB_val Val(const void* p, size_t n) { return MDB_val{n, const_cast<void*>(p)}; }
-MDB_val Val(std::string_view s) { return Val(s.data(), s.size()); }
 
 // LMDB failures inside an apply step abort the whole transaction; this carries them out.
 struct TxnError {
@@ -53,7 +53,7 @@ Status Writer::Load() {
   MDB_cursor* cur = nullptr;
   MDB_val k, v;
   auto meta_u32 = [&](std::string_view name, uint32_t def) {
-    MDB_val mk = Val(name), mv;
+    MDB_val mk = MdbVal(name), mv;
     if (mdb_get(txn, d.meta, &mk, &mv) == 0 && mv.mv_size == 4) {
       return GetLe<uint32_t>(static_cast<const char*>(mv.mv_data));
     }
@@ -256,7 +256,9 @@ bool Writer::NearFull() const {
   MDB_stat stat;
   if (mdb_env_info(env_->env(), &info) != 0 || mdb_env_stat(env_->env(), &stat) != 0) return false;
   const uint64_t pages = info.me_mapsize / stat.ms_psize;
-  const uint64_t reserve = std::min(std::clamp<uint64_t>(pages / 8, 16, 16384), pages / 4);
+  // 1/8 of the map, at least 32 pages (a commit of acks copies a few pages per database, and pages
+  // freed by the last commit are not reusable yet), at most 64 MiB of 4 KiB pages.
+  const uint64_t reserve = std::min(std::clamp<uint64_t>(pages / 8, 32, 16384), pages / 2);
   const uint64_t high_water = info.me_last_pgno + 1;
   if (high_water + reserve <= pages) return false;
   // Near the end of the file: count the pages LMDB can reuse (its freelist, database 0). LMDB allows
@@ -300,7 +302,7 @@ Status Writer::ApplyOps(MDB_txn* txn, Batch* batch, bool refuse_publishes) {
           break;
         case OpKind::kSetCount: {
           SeqKey key(op.sub_id, op.seq);
-          MDB_val k = Val(key.bytes, sizeof key.bytes), v = Val(&op.count, sizeof op.count);
+          MDB_val k = MdbVal(key.bytes, sizeof key.bytes), v = MdbVal(&op.count, sizeof op.count);
           Check(mdb_put(txn, env_->dbi().counts, &k, &v, 0), "recording a delivery count");
           break;
         }
@@ -318,6 +320,9 @@ Status Writer::ApplyOps(MDB_txn* txn, Batch* batch, bool refuse_publishes) {
           if (!t.ok()) op.status = t.status();
           break;
         }
+        case OpKind::kBundle:
+          ApplyBundle(txn, &op, refuse_publishes);
+          break;
         case OpKind::kTrim:
           for (auto& [id, t] : topics_) {
             if (t.config.retention_max_age.count() > 0) touched_topics_.push_back(id);
@@ -347,7 +352,7 @@ Status Writer::FlushRecords(MDB_txn* txn, Batch* batch) {
     if (!t.dirty) continue;
     char buf[TopicRecord::kSize];
     t.rec.Encode(buf);
-    MDB_val k = Val(t.name), v = Val(buf, sizeof buf);
+    MDB_val k = MdbVal(t.name), v = MdbVal(buf, sizeof buf);
     int rc = mdb_put(txn, d.topics, &k, &v, 0);
     if (rc != 0) return LmdbStatus(rc, "writing a topic record");
     t.dirty = false;
@@ -358,17 +363,17 @@ Status Writer::FlushRecords(MDB_txn* txn, Batch* batch) {
     char buf[SubRecord::kSize];
     s.rec.Encode(buf);
     std::string key = NameKey(s.topic_id, s.name);
-    MDB_val k = Val(key), v = Val(buf, sizeof buf);
+    MDB_val k = MdbVal(key), v = MdbVal(buf, sizeof buf);
     int rc = mdb_put(txn, d.subs, &k, &v, 0);
     if (rc != 0) return LmdbStatus(rc, "writing a subscription record");
     s.dirty = false;
   }
   if (meta_dirty_) {
-    MDB_val k = Val(kMetaNextTopicId), v = Val(&next_topic_id_, 4);
+    MDB_val k = MdbVal(kMetaNextTopicId), v = MdbVal(&next_topic_id_, 4);
     int rc = mdb_put(txn, d.meta, &k, &v, 0);
     if (rc == 0) {
-      k = Val(kMetaNextSubId);
-      v = Val(&next_sub_id_, 4);
+      k = MdbVal(kMetaNextSubId);
+      v = MdbVal(&next_sub_id_, 4);
       rc = mdb_put(txn, d.meta, &k, &v, 0);
     }
     if (rc != 0) return LmdbStatus(rc, "writing the id counters");
@@ -407,7 +412,7 @@ uint64_t Writer::MinFloor(const WriterTopic& topic) const {
 
 Status Writer::DeleteFirst(MDB_txn* txn, WriterTopic* t) {
   SeqKey key(t->rec.id, t->rec.first_seq);
-  MDB_val k = Val(key.bytes, sizeof key.bytes), v;
+  MDB_val k = MdbVal(key.bytes, sizeof key.bytes), v;
   int rc = mdb_get(txn, env_->dbi().messages, &k, &v);
   if (rc == 0) {
     MessageHeader h;
@@ -438,7 +443,7 @@ Status Writer::Trim(MDB_txn* txn, WriterTopic* t, int64_t now_us) {
       if (keep_bytes > 0 && t->rec.bytes > keep_bytes) keep = false;
       if (keep && age_us > 0) {
         SeqKey key(t->rec.id, t->rec.first_seq);
-        MDB_val k = Val(key.bytes, sizeof key.bytes), v;
+        MDB_val k = MdbVal(key.bytes, sizeof key.bytes), v;
         int rc = mdb_get(txn, env_->dbi().messages, &k, &v);
         if (rc == 0 && v.mv_size >= 8 &&
             GetLe<int64_t>(static_cast<const char*>(v.mv_data)) <= now_us - age_us) {
@@ -478,7 +483,7 @@ void Writer::ApplyPublish(MDB_txn* txn, WriteOp* op, bool refuse) {
   const int64_t window_us = std::chrono::duration_cast<std::chrono::microseconds>(config_.dedupe_window).count();
   DedupeKey dkey(t->rec.id, req.id);
   if (req.dedupe && window_us > 0) {
-    MDB_val k = Val(dkey.bytes, sizeof dkey.bytes), v;
+    MDB_val k = MdbVal(dkey.bytes, sizeof dkey.bytes), v;
     int rc = mdb_get(txn, d.dedupe, &k, &v);
     if (rc == 0 && v.mv_size == 16) {
       const char* p = static_cast<const char*>(v.mv_data);
@@ -536,7 +541,7 @@ void Writer::ApplyPublish(MDB_txn* txn, WriteOp* op, bool refuse) {
   h.env_len = static_cast<uint32_t>(size);
   h.reply_token = req.reply_token;
   SeqKey mkey(t->rec.id, seq);
-  MDB_val k = Val(mkey.bytes, sizeof mkey.bytes);
+  MDB_val k = MdbVal(mkey.bytes, sizeof mkey.bytes);
   MDB_val v{MessageHeader::kSize + key.size() + size, nullptr};
   // MDB_APPEND skips the page search; it refuses (MDB_KEYEXIST) when a later topic id holds messages.
   int rc = mdb_put(txn, d.messages, &k, &v, MDB_APPEND | MDB_RESERVE);
@@ -558,13 +563,92 @@ void Writer::ApplyPublish(MDB_txn* txn, WriteOp* op, bool refuse) {
     char dv[16];
     PutLe(dv, seq);
     PutLe(dv + 8, op->now_us);
-    MDB_val dk = Val(dkey.bytes, sizeof dkey.bytes), dval = Val(dv, sizeof dv);
+    MDB_val dk = MdbVal(dkey.bytes, sizeof dkey.bytes), dval = MdbVal(dv, sizeof dv);
     Check(mdb_put(txn, d.dedupe, &dk, &dval, 0), "writing the dedupe index");
     DedupeTimeKey tkey(op->now_us, t->rec.id, req.id);
-    MDB_val tk = Val(tkey.bytes, sizeof tkey.bytes), empty{0, nullptr};
+    MDB_val tk = MdbVal(tkey.bytes, sizeof tkey.bytes), empty{0, nullptr};
     Check(mdb_put(txn, d.dedupe_time, &tk, &empty, 0), "writing the dedupe index");
   }
   op->publish_result = PublishResult{seq, req.id, false};
+}
+
+// A bundle applies in a nested transaction, so a refused publish or a conflicting read undoes its key
+// writes too; the topic counters its publishes moved are restored by hand (they live in memory).
+void Writer::ApplyBundle(MDB_txn* txn, WriteOp* op, bool refuse_publishes) {
+  BundleRequest& b = op->bundle;
+  const Dbis& d = env_->dbi();
+  std::vector<std::pair<WriterTopic*, TopicRecord>> saved;
+  for (const PublishRequest& p : b.publishes) {
+    auto t = FindOrCreateTopic(txn, p.topic);
+    if (!t.ok()) {
+      op->status = t.status();
+      return;
+    }
+    saved.emplace_back(*t, (*t)->rec);
+  }
+  MDB_txn* child = nullptr;
+  Check(mdb_txn_begin(env_->env(), txn, 0, &child), "beginning a bundle");
+  auto undo = [&] {
+    mdb_txn_abort(child);
+    for (auto& [t, rec] : saved) t->rec = rec;
+  };
+  try {
+    for (const KvReadCheck& r : b.reads) {
+      std::string key = KeyspaceKey(b.keyspace, r.key);
+      MDB_val k = MdbVal(key.data(), key.size()), v;
+      int rc = mdb_get(child, d.kv, &k, &v);
+      uint64_t now_version = 0;
+      if (rc == 0 && v.mv_size >= 8) now_version = GetBe64(static_cast<const char*>(v.mv_data));
+      else if (rc != MDB_NOTFOUND) Check(rc, "reading a plugin key");
+      if (now_version != r.version) {
+        undo();
+        op->bundle_result.outcome = BundleOutcome::kConflict;
+        op->bundle_result.message = fmt::format("key '{}' changed since it was read (version {} -> {})",
+                                                r.key, r.version, now_version);
+        return;
+      }
+    }
+    std::string value;
+    for (const KvMutation& w : b.writes) {
+      std::string key = KeyspaceKey(b.keyspace, w.key);
+      MDB_val k = MdbVal(key.data(), key.size());
+      if (w.erase) {
+        int rc = mdb_del(child, d.kv, &k, nullptr);
+        if (rc != MDB_NOTFOUND) Check(rc, "deleting a plugin key");
+        continue;
+      }
+      value.resize(8 + w.value.size());
+      PutBe64(value.data(), b.version);
+      std::memcpy(value.data() + 8, w.value.data(), w.value.size());
+      MDB_val v = MdbVal(value.data(), value.size());
+      Check(mdb_put(child, d.kv, &k, &v, 0), "writing a plugin key");
+    }
+    op->bundle_result.published.clear();
+    for (PublishRequest& p : b.publishes) {
+      WriteOp sub;
+      sub.kind = OpKind::kPublish;
+      sub.now_us = op->now_us;
+      sub.publish = std::move(p);
+      ApplyPublish(child, &sub, refuse_publishes);
+      if (!sub.status.ok()) {
+        undo();
+        op->status = sub.status.WithContext(fmt::format("bundle publish to '{}'", sub.publish.topic));
+        return;
+      }
+      op->bundle_result.published.push_back(sub.publish_result);
+    }
+    auto s = subs_.find(op->sub_id);
+    if (op->seq != 0 && s != subs_.end() && op->seq > s->second.rec.floor) {
+      SeqKey key(op->sub_id, op->seq);
+      MDB_val k = MdbVal(key.bytes, sizeof key.bytes), empty{0, nullptr};
+      Check(mdb_put(child, d.acks, &k, &empty, 0), "recording a bundle's ack");
+    }
+  } catch (const TxnError&) {
+    undo();
+    throw;
+  }
+  Check(mdb_txn_commit(child), "committing a bundle");
+  op->bundle_result.outcome = BundleOutcome::kCommitted;
 }
 
 Status Writer::ExpireDedupe(MDB_txn* txn, int64_t now_us) {
@@ -612,6 +696,7 @@ void Writer::SetOptions(const SubscriptionConfig& c, SubRecord* r) {
   r->backoff_multiplier = c.backoff.multiplier;
   r->backoff_max_ms = c.backoff.max.count();
   r->max_backlog = c.max_backlog;
+  r->max_crashes = c.max_crashes > 0 ? c.max_crashes : 3;
 }
 
 void Writer::ApplyCreateSub(MDB_txn* txn, WriteOp* op) {
@@ -658,7 +743,7 @@ void Writer::ApplyCreateSub(MDB_txn* txn, WriteOp* op) {
       while (lo < hi) {
         uint64_t mid = lo + (hi - lo) / 2;
         SeqKey mk(t->rec.id, mid);
-        MDB_val k = Val(mk.bytes, sizeof mk.bytes), v;
+        MDB_val k = MdbVal(mk.bytes, sizeof mk.bytes), v;
         int rc = mdb_get(txn, env_->dbi().messages, &k, &v);
         if (rc != 0 && rc != MDB_NOTFOUND) Check(rc, "finding the start time");
         int64_t ts = rc == 0 && v.mv_size >= 8 ? GetLe<int64_t>(static_cast<const char*>(v.mv_data)) : 0;
@@ -689,7 +774,7 @@ void Writer::ApplyAck(MDB_txn* txn, WriteOp* op) {
   for (uint64_t seq : op->seqs) {
     if (seq <= op->floor) continue;
     SeqKey key(op->sub_id, seq);
-    MDB_val k = Val(key.bytes, sizeof key.bytes);
+    MDB_val k = MdbVal(key.bytes, sizeof key.bytes);
     Check(mdb_put(txn, d.acks, &k, &empty, 0), "recording an ack");
   }
   if (op->floor > s.rec.floor) {
@@ -697,7 +782,7 @@ void Writer::ApplyAck(MDB_txn* txn, WriteOp* op) {
     MDB_cursor* cur = nullptr;
     Check(mdb_cursor_open(txn, d.acks, &cur), "advancing a cursor");
     SeqKey from(op->sub_id, s.rec.floor + 1);
-    MDB_val k = Val(from.bytes, sizeof from.bytes), v;
+    MDB_val k = MdbVal(from.bytes, sizeof from.bytes), v;
     int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     while (rc == 0 && k.mv_size == 12) {
       const char* p = static_cast<const char*>(k.mv_data);
@@ -715,7 +800,7 @@ void Writer::ApplyAck(MDB_txn* txn, WriteOp* op) {
   s.dirty = true;
   for (uint64_t seq : op->forget_counts) {
     SeqKey key(op->sub_id, seq);
-    MDB_val k = Val(key.bytes, sizeof key.bytes);
+    MDB_val k = MdbVal(key.bytes, sizeof key.bytes);
     int rc = mdb_del(txn, d.counts, &k, nullptr);
     if (rc != MDB_NOTFOUND) Check(rc, "forgetting a delivery count");
   }
@@ -727,7 +812,7 @@ void Writer::ApplyDeadLetter(MDB_txn* txn, WriteOp* op) {
   if (it == subs_.end()) return;
   const Dbis& d = env_->dbi();
   SeqKey key(op->sub_id, op->seq);
-  MDB_val k = Val(key.bytes, sizeof key.bytes), v;
+  MDB_val k = MdbVal(key.bytes, sizeof key.bytes), v;
   std::string envelope;
   if (op->from_dead) {
     int rc = mdb_get(txn, d.dead, &k, &v);
@@ -739,7 +824,7 @@ void Writer::ApplyDeadLetter(MDB_txn* txn, WriteOp* op) {
     envelope.assign(old.Envelope(p));
   } else {
     SeqKey mkey(it->second.topic_id, op->seq);
-    MDB_val mk = Val(mkey.bytes, sizeof mkey.bytes), mv;
+    MDB_val mk = MdbVal(mkey.bytes, sizeof mkey.bytes), mv;
     int rc = mdb_get(txn, d.messages, &mk, &mv);
     if (rc != MDB_NOTFOUND) Check(rc, "reading a message to dead-letter");
     MessageHeader h;
@@ -761,13 +846,13 @@ void Writer::ApplyDeadLetter(MDB_txn* txn, WriteOp* op) {
   value += op->error;
   value += op->key;
   value += envelope;
-  v = Val(value);
+  v = MdbVal(value);
   Check(mdb_put(txn, d.dead, &k, &v, 0), "writing a dead letter");
   int rc = mdb_del(txn, d.counts, &k, nullptr);
   if (rc != MDB_NOTFOUND) Check(rc, "forgetting a delivery count");
   if (op->park) {
     std::string pk = NameKey(op->sub_id, op->key);
-    MDB_val pkv = Val(pk), pv = Val(&op->seq, 8);
+    MDB_val pkv = MdbVal(pk), pv = MdbVal(&op->seq, 8);
     Check(mdb_put(txn, d.parked, &pkv, &pv, 0), "parking a key");
   }
 }
@@ -775,7 +860,7 @@ void Writer::ApplyDeadLetter(MDB_txn* txn, WriteOp* op) {
 Status Writer::Unpark(MDB_txn* txn, uint32_t sub_id, const std::vector<std::string>& keys) {
   for (const std::string& key : keys) {
     std::string pk = NameKey(sub_id, key);
-    MDB_val k = Val(pk);
+    MDB_val k = MdbVal(pk);
     int rc = mdb_del(txn, env_->dbi().parked, &k, nullptr);
     if (rc != 0 && rc != MDB_NOTFOUND) return LmdbStatus(rc, "releasing a parked key");
   }
@@ -786,7 +871,7 @@ void Writer::ApplyRedrive(MDB_txn* txn, WriteOp* op) {
   const Dbis& d = env_->dbi();
   for (uint64_t seq : op->seqs) {
     SeqKey key(op->sub_id, seq);
-    MDB_val k = Val(key.bytes, sizeof key.bytes), v;
+    MDB_val k = MdbVal(key.bytes, sizeof key.bytes), v;
     int rc = mdb_get(txn, d.dead, &k, &v);
     if (rc == MDB_NOTFOUND) continue;
     Check(rc, "reading a dead letter");
@@ -795,7 +880,7 @@ void Writer::ApplyRedrive(MDB_txn* txn, WriteOp* op) {
     if (!h.Decode(value.data(), value.size())) continue;
     h.state = DeadHeader::kRedriven;
     h.Encode(value.data());
-    v = Val(value);
+    v = MdbVal(value);
     Check(mdb_put(txn, d.dead, &k, &v, 0), "redriving a dead letter");
   }
   Status s = Unpark(txn, op->sub_id, op->keys);
@@ -805,7 +890,7 @@ void Writer::ApplyRedrive(MDB_txn* txn, WriteOp* op) {
 void Writer::ApplyDeleteDead(MDB_txn* txn, WriteOp* op) {
   for (uint64_t seq : op->seqs) {
     SeqKey key(op->sub_id, seq);
-    MDB_val k = Val(key.bytes, sizeof key.bytes);
+    MDB_val k = MdbVal(key.bytes, sizeof key.bytes);
     int rc = mdb_del(txn, env_->dbi().dead, &k, nullptr);
     if (rc != MDB_NOTFOUND) Check(rc, "deleting a dead letter");
   }

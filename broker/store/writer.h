@@ -47,6 +47,7 @@ enum class OpKind : uint8_t {
   kDeleteDead,   // sub_id, seqs: forget dead-letter entries (acked after redrive, or purged); keys: unpark
   kTrim,         // retention by age: delete what every subscription acked and retention lets go
   kCreateTopic,  // publish.topic: a configured topic, created at start-up
+  kBundle,       // a plugin handler's effects + the ack of (sub_id, seq), all or nothing
 };
 
 struct WriteOp {
@@ -76,6 +77,9 @@ struct WriteOp {
   std::string reason;
   std::string error;
   std::string key;
+
+  BundleRequest bundle;             // kBundle
+  BundleResult bundle_result;
 
   Status status;
   std::function<void(WriteOp&)> done;  // runs on the loop thread after the commit (not for publishes)
@@ -149,6 +153,7 @@ class Writer {
   void ApplyDeadLetter(MDB_txn* txn, WriteOp* op);
   void ApplyRedrive(MDB_txn* txn, WriteOp* op);
   void ApplyDeleteDead(MDB_txn* txn, WriteOp* op);
+  void ApplyBundle(MDB_txn* txn, WriteOp* op, bool refuse_publishes);
   Status Trim(MDB_txn* txn, WriterTopic* topic, int64_t now_us);
   Status DeleteFirst(MDB_txn* txn, WriterTopic* topic);
   Status ExpireDedupe(MDB_txn* txn, int64_t now_us);

@@ -156,6 +156,25 @@ uint64_t WalkBody(const Frame* frame) {
       uint64_t h = Mixed(b->request_id(), static_cast<uint32_t>(b->code()));
       return Mixed(Mixed(h, Walk(b->message())), Walk(b->result_json()));
     }
+    case Body::Bundle: {
+      const Bundle* b = frame->body_as_Bundle();
+      uint64_t h = Mixed(Mixed(b->request_id(), b->consumer_id()), Mixed(b->delivery_id(), b->version()));
+      if (b->reads()) {
+        for (const KvRead* r : *b->reads()) h = Mixed(h, Mixed(Walk(r->key()), r->version()));
+      }
+      if (b->writes()) {
+        for (const KvWrite* w : *b->writes()) h = Mixed(h, Mixed(Walk(w->key()), Walk(w->value())));
+      }
+      if (b->publishes()) {
+        for (const Envelope* e : *b->publishes()) h = Mixed(h, Walk(e));
+      }
+      if (b->reply()) h = Mixed(h, Walk(b->reply()));
+      return Mixed(Mixed(h, Walk(b->reply_error())), b->reply_token());
+    }
+    case Body::BundleAck: {
+      const BundleAck* b = frame->body_as_BundleAck();
+      return Mixed(Mixed(b->request_id(), static_cast<uint64_t>(b->status())), Walk(b->message()));
+    }
     case Body::NONE:
       break;
   }

@@ -117,6 +117,20 @@ inline std::string SampleFrame(Body type) {
       body = CreateAdminResponseDirect(fbb, kRequestId, 2, "bad arguments", R"({"uptime_s":7})")
                  .Union();
       break;
+    case Body::Bundle: {
+      std::vector<uint8_t> key = {'s', 't', 'o', 'c', 'k'};
+      std::vector<uint8_t> value = {'4', '2'};
+      std::vector<flatbuffers::Offset<KvRead>> reads = {CreateKvReadDirect(fbb, &key, 7)};
+      std::vector<flatbuffers::Offset<KvWrite>> writes = {CreateKvWriteDirect(fbb, &key, &value, false)};
+      std::vector<flatbuffers::Offset<Envelope>> publishes = {AddEnvelope(fbb)};
+      body = CreateBundleDirect(fbb, kRequestId, kConsumerId, kDeliveryId, 9, &reads, &writes, &publishes,
+                                AddEnvelope(fbb), nullptr, kReplyToken)
+                 .Union();
+      break;
+    }
+    case Body::BundleAck:
+      body = CreateBundleAckDirect(fbb, kRequestId, BundleStatus::Conflict, "key 'stock' changed").Union();
+      break;
     case Body::NONE:
       // A Frame must have a body: there is no valid frame of this type.
       return {};

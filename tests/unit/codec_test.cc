@@ -178,6 +178,29 @@ void ExpectSample(const Frame* frame, Body type) {
       EXPECT_EQ(Str(b->result_json()), R"({"uptime_s":7})");
       break;
     }
+    case Body::Bundle: {
+      auto* b = frame->body_as_Bundle();
+      EXPECT_EQ(b->request_id(), kRequestId);
+      EXPECT_EQ(b->consumer_id(), kConsumerId);
+      EXPECT_EQ(b->delivery_id(), kDeliveryId);
+      EXPECT_EQ(b->version(), 9u);
+      ASSERT_EQ(b->reads()->size(), 1u);
+      EXPECT_EQ(b->reads()->Get(0)->version(), 7u);
+      ASSERT_EQ(b->writes()->size(), 1u);
+      EXPECT_EQ(b->writes()->Get(0)->value()->size(), 2u);
+      ASSERT_EQ(b->publishes()->size(), 1u);
+      ExpectEnvelope(b->publishes()->Get(0));
+      ExpectEnvelope(b->reply());
+      EXPECT_EQ(b->reply_token(), kReplyToken);
+      break;
+    }
+    case Body::BundleAck: {
+      auto* b = frame->body_as_BundleAck();
+      EXPECT_EQ(b->request_id(), kRequestId);
+      EXPECT_EQ(b->status(), BundleStatus::Conflict);
+      EXPECT_EQ(Str(b->message()), "key 'stock' changed");
+      break;
+    }
     case Body::NONE:
       ADD_FAILURE() << "no sample of Body::NONE";
       break;
