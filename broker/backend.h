@@ -125,6 +125,13 @@ struct DeadLetter {
   std::string envelope;           // the stored Envelope FlatBuffer
 };
 
+struct StoredMessage {
+  std::string topic;
+  uint64_t seq = 0;
+  std::string envelope;           // the stored Envelope FlatBuffer
+  bool dead_lettered = false;     // read from a dead-letter queue
+};
+
 struct ParkedKey {
   std::string key;
   uint64_t parked_at_seq = 0;     // the dead-lettered message that parked it
@@ -206,6 +213,11 @@ class Backend {
                                    std::span<const uint64_t> seqs) = 0;
   virtual Result<uint64_t> Purge(std::string_view topic, std::string_view sub) = 0;
   virtual Result<std::vector<ParkedKey>> ListParkedKeys(std::string_view topic, std::string_view sub) = 0;
+  // Up to `limit` stored messages of `topic` from sequence `from_seq` on, without consuming them.
+  virtual Result<std::vector<StoredMessage>> Peek(std::string_view topic, uint64_t from_seq, size_t limit) = 0;
+  // Every stored message (dead letters included) whose correlation id is `correlation_id`, in publish
+  // time order, at most `limit`. Reads the whole store: an operator's tool, not a hot path.
+  virtual Result<std::vector<StoredMessage>> Trace(std::string_view correlation_id, size_t limit) = 0;
 
   // Flushes everything committed so far and stops background threads; `done` runs on the loop.
   virtual void Close(std::function<void()> done) = 0;

@@ -2,6 +2,7 @@
 #include "broker/envelope.h"
 
 #include <cstring>
+#include <optional>
 
 namespace sluice::broker {
 namespace {
@@ -36,12 +37,14 @@ void Finish(flatbuffers::FlatBufferBuilder& fbb, std::string* out) {
 // Copies `in` into `fbb` with the given id and publish time: the one copy routine behind
 // BuildStoredEnvelope and CopyEnvelope.
 flatbuffers::Offset<wire::Envelope> CopyInto(flatbuffers::FlatBufferBuilder& fbb, const wire::Envelope& in,
-                                             const wire::Uuid* id, int64_t publish_time_us) {
+                                             const wire::Uuid* id, int64_t publish_time_us,
+                                             std::optional<std::string_view> source) {
   auto topic = Str(fbb, in.topic());
   auto key = Str(fbb, in.key());
   auto type = Str(fbb, in.type());
   auto correlation = Str(fbb, in.correlation_id());
   auto causation = Str(fbb, in.causation_id());
+  auto src = source ? Str(fbb, *source) : Str(fbb, in.source());
   flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::Header>>> headers = 0;
   if (in.headers() != nullptr) {
     std::vector<flatbuffers::Offset<wire::Header>> hs;
@@ -65,20 +68,22 @@ flatbuffers::Offset<wire::Envelope> CopyInto(flatbuffers::FlatBufferBuilder& fbb
   b.add_headers(headers);
   b.add_payload(payload);
   b.add_seq(in.seq());
+  b.add_source(src);
   return b.Finish();
 }
 
 }  // namespace
 
-void BuildStoredEnvelope(const wire::Envelope& in, Uuid id, int64_t publish_time_us, std::string* out) {
+void BuildStoredEnvelope(const wire::Envelope& in, Uuid id, int64_t publish_time_us, std::string_view source,
+                         std::string* out) {
   auto& fbb = Builder();
   wire::Uuid wid = ToWire(id);
-  fbb.Finish(CopyInto(fbb, in, &wid, publish_time_us));
+  fbb.Finish(CopyInto(fbb, in, &wid, publish_time_us, source));
   Finish(fbb, out);
 }
 
 flatbuffers::Offset<wire::Envelope> CopyEnvelope(flatbuffers::FlatBufferBuilder& fbb, const wire::Envelope& in) {
-  return CopyInto(fbb, in, in.id(), in.publish_time_us());
+  return CopyInto(fbb, in, in.id(), in.publish_time_us(), std::nullopt);
 }
 
 void BuildEnvelope(const EnvelopeFields& f, std::string* out) {

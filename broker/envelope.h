@@ -24,9 +24,10 @@
 
 namespace sluice::broker {
 
-// Copies every field of `in` into the canonical form, with `id` and `publish_time_us` set and `seq`
-// present (0). The result replaces *out.
-void BuildStoredEnvelope(const wire::Envelope& in, Uuid id, int64_t publish_time_us, std::string* out);
+// Copies every field of `in` into the canonical form, with `id`, `publish_time_us` and `source` set
+// and `seq` present (0). The result replaces *out.
+void BuildStoredEnvelope(const wire::Envelope& in, Uuid id, int64_t publish_time_us, std::string_view source,
+                         std::string* out);
 
 // Copies every field of `in` as it is (id, time and seq included) into `fbb`, e.g. to forward a Reply.
 flatbuffers::Offset<wire::Envelope> CopyEnvelope(flatbuffers::FlatBufferBuilder& fbb, const wire::Envelope& in);

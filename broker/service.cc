@@ -185,7 +185,7 @@ void BrokerService::OnFrame(net::Connection& conn, const wire::Frame& frame) {
       break;
     }
     case wire::Body::Request:
-      OnRequest(conn, *frame.body_as_Request());
+      OnRequest(conn, s, *frame.body_as_Request());
       break;
     case wire::Body::Reply:
       OnReply(conn, *frame.body_as_Reply());
@@ -218,7 +218,7 @@ void BrokerService::OnHello(net::Connection& conn, Session& s, const wire::Hello
   conn.Send(s.fbb);
 }
 
-void BrokerService::PublishEnvelope(const wire::Envelope& env, uint64_t reply_token,
+void BrokerService::PublishEnvelope(const wire::Envelope& env, uint64_t reply_token, std::string_view source,
                                     PublishCallback done) {
   if (!env.topic() || env.topic()->size() == 0) {
     done(InvalidArgument("envelope has no topic"));
@@ -241,7 +241,7 @@ void BrokerService::PublishEnvelope(const wire::Envelope& env, uint64_t reply_to
   } else {
     req.id = NewUuidV7(req.publish_time_us / 1000);
   }
-  BuildStoredEnvelope(env, req.id, req.publish_time_us, &req.envelope);
+  BuildStoredEnvelope(env, req.id, req.publish_time_us, source, &req.envelope);
   ++in_flight_publishes_;
   backend_->Publish(std::move(req), [this, done = std::move(done)](Result<PublishResult> r) {
     --in_flight_publishes_;
@@ -265,6 +265,11 @@ Status CheckPublishAllowed(const std::optional<PluginIdentity>& plugin, const wi
 
 }  // namespace
 
+// The name a message's `source` records: the plugin's, or what the client said in Hello.
+std::string_view BrokerService::SourceName(const Session& s) {
+  return s.plugin ? std::string_view(s.plugin->name) : std::string_view(s.client_name);
+}
+
 void BrokerService::OnPublish(net::Connection& conn, Session& s, const wire::Publish& publish) {
   ++stats_.publishes;
   uint64_t conn_id = conn.id();
@@ -274,7 +279,7 @@ void BrokerService::OnPublish(net::Connection& conn, Session& s, const wire::Pub
     SendErrorTo(conn_id, request_id, allowed);
     return;
   }
-  PublishEnvelope(*publish.envelope(), 0,
+  PublishEnvelope(*publish.envelope(), 0, SourceName(s),
                   [this, conn_id, request_id](Result<PublishResult> r) {
                     if (!r.ok()) {
                       SendErrorTo(conn_id, request_id, r.status());
@@ -311,8 +316,8 @@ void BrokerService::OnSubscribe(net::Connection& conn, Session& s, const wire::S
   spec.sub.start_seq = sub.start_seq();
   spec.sub.start_time_us = sub.start_time_us();
   spec.sub.ordering = sub.ordering() == wire::Ordering::Key ? OrderingMode::kKey : OrderingMode::kNone;
-  if (sub.max_deliveries() > 0) spec.sub.max_deliveries = sub.max_deliveries();
-  if (sub.ack_wait_ms() > 0) spec.sub.ack_wait = Duration(sub.ack_wait_ms());
+  spec.sub.max_deliveries = sub.max_deliveries() > 0 ? sub.max_deliveries() : options_.default_max_deliveries;
+  spec.sub.ack_wait = sub.ack_wait_ms() > 0 ? Duration(sub.ack_wait_ms()) : options_.default_ack_wait;
   spec.credit = std::min(sub.credit(), options_.max_credit);
 
   auto consumer = std::make_unique<Consumer>(s.conn);
@@ -345,7 +350,7 @@ void BrokerService::OnSubscribe(net::Connection& conn, Session& s, const wire::S
   });
 }
 
-void BrokerService::OnRequest(net::Connection& conn, const wire::Request& request) {
+void BrokerService::OnRequest(net::Connection& conn, Session& s, const wire::Request& request) {
   ++stats_.requests;
   uint64_t token = ++next_reply_token_;
   uint32_t timeout_ms = request.timeout_ms() > 0 ? request.timeout_ms() : kDefaultRequestTimeoutMs;
@@ -353,7 +358,7 @@ void BrokerService::OnRequest(net::Connection& conn, const wire::Request& reques
                       clock_.NowUs() + static_cast<int64_t>(timeout_ms) * 1000};
   uint64_t conn_id = conn.id();
   uint64_t request_id = request.request_id();
-  PublishEnvelope(*request.envelope(), token,
+  PublishEnvelope(*request.envelope(), token, SourceName(s),
                   [this, conn_id, request_id, token](Result<PublishResult> r) {
                     if (!r.ok()) {
                       requests_.erase(token);
@@ -453,7 +458,7 @@ void BrokerService::OnBundle(net::Connection& conn, Session& s, const wire::Bund
       p.id = Uuid{id->hi(), id->lo()};
       p.dedupe = true;
       p.publish_time_us = now;
-      BuildStoredEnvelope(*env, p.id, now, &p.envelope);
+      BuildStoredEnvelope(*env, p.id, now, s.plugin->name, &p.envelope);
       req.publishes.push_back(std::move(p));
     }
   }

@@ -35,6 +35,9 @@ struct ServiceOptions {
   size_t max_message_bytes = 1u << 20;
   uint32_t max_connections = 1024;
   uint32_t max_credit = 65536;  // per consumer: bounds what one consumer may hold in flight
+  // For subscriptions a Subscribe frame creates without saying (broker.default_*).
+  uint32_t default_max_deliveries = 5;
+  Duration default_ack_wait = std::chrono::seconds(30);
   std::string server_version;
 };
 
@@ -94,14 +97,16 @@ class BrokerService : public net::FrameHandler {
   void OnHello(net::Connection& conn, Session& s, const wire::Hello& hello);
   void OnPublish(net::Connection& conn, Session& s, const wire::Publish& publish);
   void OnSubscribe(net::Connection& conn, Session& s, const wire::Subscribe& sub);
-  void OnRequest(net::Connection& conn, const wire::Request& request);
+  void OnRequest(net::Connection& conn, Session& s, const wire::Request& request);
   void OnReply(net::Connection& conn, const wire::Reply& reply);
   void OnBundle(net::Connection& conn, Session& s, const wire::Bundle& bundle);
   // Sends a Reply frame with `env`/`error` to whoever waits on `reply_token`; false if nobody does.
   bool RouteReply(uint64_t reply_token, const wire::Envelope* env, std::string_view error);
   void DetachSession(Session& s, bool crashed);
   // Validates and publishes an envelope; `done` gets the backend's answer.
-  void PublishEnvelope(const wire::Envelope& env, uint64_t reply_token, PublishCallback done);
+  void PublishEnvelope(const wire::Envelope& env, uint64_t reply_token, std::string_view source,
+                       PublishCallback done);
+  static std::string_view SourceName(const Session& s);
   void SendErrorTo(uint64_t conn_id, uint64_t request_id, const Status& status);
   static void OnRequestTimer(uv_timer_t* timer);
 

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "broker/store/lmdb_backend.h"
 
+#include "broker/envelope.h"
+
 #include <algorithm>
 #include <cmath>
 #include <deque>
@@ -166,6 +168,8 @@ class LmdbBackend final : public Backend {
   Result<std::vector<ParkedKey>> ListParkedKeys(std::string_view topic, std::string_view sub) override;
   void Close(std::function<void()> done) override;
   void CommitBundle(BundleRequest request, BundleCallback done) override;
+  Result<std::vector<StoredMessage>> Peek(std::string_view topic, uint64_t from_seq, size_t limit) override;
+  Result<std::vector<StoredMessage>> Trace(std::string_view correlation_id, size_t limit) override;
 
  private:
   // Ends the loop's read transaction when the outermost entry point returns (so the writer may grow
@@ -1285,6 +1289,90 @@ Result<std::vector<DeadLetter>> LmdbBackend::ListDeadLetters(std::string_view to
     out.push_back(std::move(d));
   }
   mdb_cursor_close(cur);
+  return out;
+}
+
+namespace {
+
+// The correlation id of a stored envelope; the bytes come unaligned from LMDB, so they are copied.
+std::string CorrelationOf(std::string_view envelope, std::string* scratch) {
+  scratch->assign(envelope);
+  auto env = ReadEnvelope(*scratch);
+  if (!env.ok() || (*env)->correlation_id() == nullptr) return {};
+  return (*env)->correlation_id()->str();
+}
+
+int64_t PublishTimeOf(const std::string& envelope) {
+  auto env = ReadEnvelope(envelope);
+  return env.ok() ? (*env)->publish_time_us() : 0;
+}
+
+}  // namespace
+
+Result<std::vector<StoredMessage>> LmdbBackend::Peek(std::string_view topic, uint64_t from_seq, size_t limit) {
+  ReadScope scope(this);
+  const Topic* t = nullptr;
+  for (const auto& [id, tp] : topics_) {
+    if (tp->name == topic) t = tp.get();
+  }
+  if (t == nullptr) return NotFound(fmt::format("no topic '{}'", topic));
+  SLUICE_RETURN_IF_ERROR(read_->Begin());
+  std::vector<StoredMessage> out;
+  MDB_cursor* cur = nullptr;
+  int rc = mdb_cursor_open(read_->txn(), env_->dbi().messages, &cur);
+  if (rc != 0) return store::LmdbStatus(rc, "peeking at a topic");
+  SeqKey from(t->rec.id, from_seq);
+  MDB_val k = MdbVal(from.bytes, sizeof from.bytes), v;
+  for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0 && (limit == 0 || out.size() < limit);
+       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    if (k.mv_size != 12 || SeqKey::Id(static_cast<const char*>(k.mv_data)) != t->rec.id) break;
+    MessageHeader h;
+    const char* p = static_cast<const char*>(v.mv_data);
+    if (!h.Decode(p, v.mv_size)) continue;
+    out.push_back({t->name, SeqKey::Seq(static_cast<const char*>(k.mv_data)), std::string(h.Envelope(p)), false});
+  }
+  mdb_cursor_close(cur);
+  return out;
+}
+
+Result<std::vector<StoredMessage>> LmdbBackend::Trace(std::string_view correlation_id, size_t limit) {
+  ReadScope scope(this);
+  SLUICE_RETURN_IF_ERROR(read_->Begin());
+  std::vector<StoredMessage> out;
+  std::string scratch;
+  MDB_cursor* cur = nullptr;
+  int rc = mdb_cursor_open(read_->txn(), env_->dbi().messages, &cur);
+  if (rc != 0) return store::LmdbStatus(rc, "tracing");
+  MDB_val k, v;
+  for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    if (k.mv_size != 12) continue;
+    MessageHeader h;
+    const char* p = static_cast<const char*>(v.mv_data);
+    if (!h.Decode(p, v.mv_size) || CorrelationOf(h.Envelope(p), &scratch) != correlation_id) continue;
+    auto t = topics_.find(SeqKey::Id(static_cast<const char*>(k.mv_data)));
+    out.push_back({t != topics_.end() ? t->second->name : std::string("?"),
+                   SeqKey::Seq(static_cast<const char*>(k.mv_data)), scratch, false});
+  }
+  mdb_cursor_close(cur);
+  rc = mdb_cursor_open(read_->txn(), env_->dbi().dead, &cur);
+  if (rc != 0) return store::LmdbStatus(rc, "tracing dead letters");
+  for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    if (k.mv_size != 12) continue;
+    DeadHeader h;
+    const char* p = static_cast<const char*>(v.mv_data);
+    if (!h.Decode(p, v.mv_size) || h.state != DeadHeader::kDead ||
+        CorrelationOf(h.Envelope(p), &scratch) != correlation_id) {
+      continue;
+    }
+    auto sub = subs_.find(SeqKey::Id(static_cast<const char*>(k.mv_data)));
+    out.push_back({sub != subs_.end() ? sub->second->topic->name : std::string("?"),
+                   SeqKey::Seq(static_cast<const char*>(k.mv_data)), scratch, true});
+  }
+  mdb_cursor_close(cur);
+  std::stable_sort(out.begin(), out.end(), [](const StoredMessage& a, const StoredMessage& b) {
+    return PublishTimeOf(a.envelope) < PublishTimeOf(b.envelope);
+  });
+  if (limit > 0 && out.size() > limit) out.resize(limit);
   return out;
 }
 

@@ -49,7 +49,7 @@ TEST(EnvelopeTest, StoredEnvelopeCopiesFieldsAndSetsIdAndTime) {
   ASSERT_TRUE(in.ok());
   EXPECT_EQ((*in)->id(), nullptr);
   std::string stored;
-  BuildStoredEnvelope(**in, Uuid{7, 8}, 123456, &stored);
+  BuildStoredEnvelope(**in, Uuid{7, 8}, 123456, "test-client", &stored);
   auto env = ReadEnvelope(stored);
   ASSERT_TRUE(env.ok());
   EXPECT_EQ(FromWire((*env)->id()), (Uuid{7, 8}));
@@ -58,12 +58,14 @@ TEST(EnvelopeTest, StoredEnvelopeCopiesFieldsAndSetsIdAndTime) {
   EXPECT_EQ((*env)->headers()->size(), 2u);
   EXPECT_EQ((*env)->payload()->size(), 8u);
   EXPECT_EQ((*env)->seq(), 0u);
+  // The broker, not the publisher, says who published it.
+  EXPECT_EQ((*env)->source()->str(), "test-client");
 }
 
 TEST(EnvelopeTest, SeqIsSetInPlace) {
   std::string client, stored;
   BuildEnvelope(Sample(), &client);
-  BuildStoredEnvelope(**ReadEnvelope(client), Uuid{1, 1}, 1, &stored);
+  BuildStoredEnvelope(**ReadEnvelope(client), Uuid{1, 1}, 1, "test-client", &stored);
   size_t size = stored.size();
   ASSERT_TRUE(SetEnvelopeSeq(&stored, 0x0123456789abcdefull));
   EXPECT_EQ(stored.size(), size);
