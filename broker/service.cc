@@ -318,6 +318,7 @@ void BrokerService::OnSubscribe(net::Connection& conn, Session& s, const wire::S
   spec.sub.ordering = sub.ordering() == wire::Ordering::Key ? OrderingMode::kKey : OrderingMode::kNone;
   spec.sub.max_deliveries = sub.max_deliveries() > 0 ? sub.max_deliveries() : options_.default_max_deliveries;
   spec.sub.ack_wait = sub.ack_wait_ms() > 0 ? Duration(sub.ack_wait_ms()) : options_.default_ack_wait;
+  if (sub.max_crashes() > 0) spec.sub.max_crashes = sub.max_crashes();
   spec.credit = std::min(sub.credit(), options_.max_credit);
 
   auto consumer = std::make_unique<Consumer>(s.conn);

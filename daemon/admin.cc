@@ -48,7 +48,8 @@ json EnvelopeJson(std::string_view bytes) {
             {"causation_id", str(e->causation_id())},
             {"publish_time_us", e->publish_time_us()},
             {"headers", headers},
-            {"payload_bytes", e->payload() ? e->payload()->size() : 0}};
+            {"payload_bytes", e->payload() ? e->payload()->size() : 0},
+            {"source", str(e->source())}};
   if (e->id()) j["id"] = FormatUuid(Uuid{e->id()->hi(), e->id()->lo()});
   return j;
 }
@@ -176,6 +177,57 @@ AdminResult CmdReload(AdminHost& host, const json&) {
   return Ok(*r);
 }
 
+AdminResult CmdPlugins(AdminHost& host, const json&) {
+  auto r = host.Plugins();
+  if (!r.ok()) return Failed(r.status());
+  return Ok(*r);
+}
+
+AdminResult PluginAction(AdminHost& host, const json& args, std::string_view action) {
+  std::string name = StringArg(args, "name");
+  if (name.empty()) return BadArgs("needs \"name\": the plugin's name");
+  Status st = host.PluginAction(action, name);
+  if (st.code() == StatusCode::kNotFound || st.code() == StatusCode::kInvalidArgument) {
+    return {AdminCode::kRefused, st.message(), json::object()};
+  }
+  if (!st.ok()) return Failed(st);
+  return Ok({{"name", name}, {"action", action}});
+}
+
+AdminResult CmdPluginLoad(AdminHost& host, const json& args) { return PluginAction(host, args, "load"); }
+AdminResult CmdPluginUnload(AdminHost& host, const json& args) { return PluginAction(host, args, "unload"); }
+AdminResult CmdPluginRestart(AdminHost& host, const json& args) { return PluginAction(host, args, "restart"); }
+
+json StoredJson(const broker::StoredMessage& m) {
+  json j = EnvelopeJson(m.envelope);
+  j["topic"] = m.topic;
+  j["seq"] = m.seq;
+  if (m.dead_lettered) j["dead_lettered"] = true;
+  return j;
+}
+
+AdminResult CmdPeek(AdminHost& host, const json& args) {
+  std::string topic = StringArg(args, "topic");
+  if (topic.empty()) return BadArgs("needs \"topic\"");
+  uint64_t from = args.value("from_seq", uint64_t{0});
+  size_t limit = args.value("limit", size_t{10});
+  auto msgs = host.backend().Peek(topic, from, limit);
+  if (!msgs.ok()) return Failed(msgs.status());
+  json out = json::array();
+  for (const auto& m : *msgs) out.push_back(StoredJson(m));
+  return Ok({{"messages", out}});
+}
+
+AdminResult CmdTrace(AdminHost& host, const json& args) {
+  std::string id = StringArg(args, "correlation_id");
+  if (id.empty()) return BadArgs("needs \"correlation_id\"");
+  auto msgs = host.backend().Trace(id, args.value("limit", size_t{1000}));
+  if (!msgs.ok()) return Failed(msgs.status());
+  json out = json::array();
+  for (const auto& m : *msgs) out.push_back(StoredJson(m));
+  return Ok({{"correlation_id", id}, {"messages", out}});
+}
+
 AdminResult CmdCommands(AdminHost&, const json&) {
   json out = json::array();
   for (const auto& c : AdminCommands()) out.push_back({{"name", c.name}, {"summary", c.summary}});
@@ -196,6 +248,13 @@ const std::vector<AdminCommand>& AdminCommands() {
       {"dlq.purge", "delete the dead letters of a subscription", CmdDlqPurge},
       {"parked", "keys parked by a dead letter on a subscription with ordering = \"key\"", CmdParked},
       {"reload", "re-read the configuration (as SIGHUP)", CmdReload},
+      {"plugins", "plugins with state, workers, restarts, in-flight and handled counts", CmdPlugins},
+      {"plugin.load", "re-read the configuration and drop-ins and start plugin \"name\"", CmdPluginLoad},
+      {"plugin.unload", "stop the workers of plugin \"name\" (its messages return to the subscription)",
+       CmdPluginUnload},
+      {"plugin.restart", "restart plugin \"name\", clearing a failed state", CmdPluginRestart},
+      {"peek", "stored messages of a topic without consuming them (\"topic\", \"from_seq\", \"limit\")", CmdPeek},
+      {"trace", "every stored message of one correlation id, in time order (\"correlation_id\")", CmdTrace},
       {"commands", "list the admin commands", CmdCommands},
   };
   return kCommands;

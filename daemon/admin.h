@@ -38,6 +38,14 @@ class AdminHost {
   virtual broker::Backend& backend() = 0;
   // Re-reads the configuration; the result lists what changed and what needs a restart.
   virtual Result<nlohmann::json> Reload() = 0;
+  // The plugins and their workers (`sluicectl plugins`). A host without a supervisor has none.
+  virtual Result<nlohmann::json> Plugins() { return nlohmann::json{{"plugins", nlohmann::json::array()}}; }
+  // "load" (re-reads the configuration and its drop-ins, starts NAME), "unload" or "restart" NAME.
+  virtual Status PluginAction(std::string_view action, std::string_view name) {
+    (void)action;
+    (void)name;
+    return Unavailable("this daemon runs no plugins");
+  }
 };
 
 struct AdminResult {

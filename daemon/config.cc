@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 //
 // The config loader (config.h): the only file that sees toml++. Every accepted key is one line in a
-// declarative table (DaemonKeys(), BrokerKeys(), TopicKeys(), SubscriptionKeys()) that says how the
-// key is read, checked, printed and whether changing it needs a restart; the loader, FormatConfig,
+// declarative table (DaemonKeys(), BrokerKeys(), TopicKeys(), SubscriptionKeys(), PluginKeys()) that
+// says how the key is read, checked, printed and whether changing it needs a restart; the loader, FormatConfig,
 // DiffConfig and KnownConfigKeys() all walk those tables, so a new key cannot be parsed without also
 // being printed, diffed and listed. Sections are a second table (Sections()), so a new [section] or
 // [[array]] is one entry there.
@@ -22,6 +22,7 @@
 #include "daemon/config.h"
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -33,6 +34,7 @@
 #include <limits>
 #include <memory>
 #include <span>
+#include <sstream>
 #include <system_error>
 #include <tuple>
 #include <type_traits>
@@ -139,6 +141,83 @@ Problem CheckName(std::string_view name) {
                        kMaxNameLength);
   }
   return std::nullopt;
+}
+
+constexpr size_t kMaxPluginNameLength = 64;
+
+// A plugin name is also its keyspace and the file name of its default path, so it is narrower than a
+// topic name: the ABI's [a-z0-9_-]{1,64}.
+Problem CheckPluginName(std::string_view name) {
+  auto ok = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-'; };
+  if (name.empty() || name.size() > kMaxPluginNameLength || !std::all_of(name.begin(), name.end(), ok)) {
+    return fmt::format("{} is not a valid plugin name (1 to {} characters of a-z 0-9 _ -)", Quote(name),
+                       kMaxPluginNameLength);
+  }
+  return std::nullopt;
+}
+
+// A plugin's `config` table travels to the plugin as JSON. TOML dates and times become their RFC 3339
+// text; a non-finite float has no JSON form and is refused.
+Problem TomlToJson(const toml::node& node, nlohmann::json& out) {
+  if (const auto* t = node.as_table()) {
+    out = nlohmann::json::object();
+    for (auto&& [k, v] : *t) {
+      nlohmann::json child;
+      if (Problem p = TomlToJson(v, child)) return p;
+      out[std::string(k.str())] = std::move(child);
+    }
+    return std::nullopt;
+  }
+  if (const auto* a = node.as_array()) {
+    out = nlohmann::json::array();
+    for (const toml::node& v : *a) {
+      nlohmann::json child;
+      if (Problem p = TomlToJson(v, child)) return p;
+      out.push_back(std::move(child));
+    }
+    return std::nullopt;
+  }
+  if (const auto* v = node.as_string()) {
+    out = v->get();
+  } else if (const auto* i = node.as_integer()) {
+    out = i->get();
+  } else if (const auto* f = node.as_floating_point()) {
+    if (!std::isfinite(f->get())) return "inf and nan have no JSON form";
+    out = f->get();
+  } else if (const auto* b = node.as_boolean()) {
+    out = b->get();
+  } else {
+    std::ostringstream text;
+    if (const auto* d = node.as_date()) text << d->get();
+    if (const auto* tm = node.as_time()) text << tm->get();
+    if (const auto* dt = node.as_date_time()) text << dt->get();
+    out = text.str();
+  }
+  return std::nullopt;
+}
+
+// The inverse for FormatConfig and DiffConfig: a JSON value as a TOML inline value.
+std::string JsonToToml(const nlohmann::json& j) {
+  switch (j.type()) {
+    case nlohmann::json::value_t::object: {
+      std::string out = "{";
+      for (auto it = j.begin(); it != j.end(); ++it) {
+        out += fmt::format("{}{} = {}", out.size() > 1 ? ", " : " ", Quote(it.key()), JsonToToml(it.value()));
+      }
+      return out + (out.size() > 1 ? " }" : "}");
+    }
+    case nlohmann::json::value_t::array: {
+      std::string out = "[";
+      for (const auto& v : j) out += (out.size() > 1 ? ", " : "") + JsonToToml(v);
+      return out + "]";
+    }
+    case nlohmann::json::value_t::string: return Quote(j.get_ref<const std::string&>());
+    case nlohmann::json::value_t::boolean: return j.get<bool>() ? "true" : "false";
+    case nlohmann::json::value_t::number_integer: return fmt::format("{}", j.get<int64_t>());
+    case nlohmann::json::value_t::number_unsigned: return fmt::format("{}", j.get<uint64_t>());
+    case nlohmann::json::value_t::number_float: return FormatFloat(j.get<double>());
+    default: return "\"\"";
+  }
 }
 
 // Edit distance, for "did you mean" on unknown keys. Key names are short, so O(n*m) is nothing.
@@ -519,6 +598,7 @@ const std::vector<KeyDef<DaemonConfig>>& DaemonKeys() {
       K::Size("max_frame_bytes", &C::max_frame_bytes, kKiB, kGiB),
       K::Int("max_connections", &C::max_connections, 1, 65536),
       K::Dur("shutdown_timeout", &C::shutdown_timeout, Duration(0), kDay),
+      K::Path("plugin_dir", &C::plugin_dir),
   };
   return *keys;
 }
@@ -568,12 +648,58 @@ const std::vector<KeyDef<SubscriptionConfig>>& SubscriptionKeys() {
       KeyDef<C>{.name = "start", .quoted = true, .parse = ParseStart, .text = StartText},
       K::Enum("ordering", &C::ordering, kOrderingModes),
       K::Int("max_deliveries", &C::max_deliveries, 1, 1000),
+      K::Int("max_crashes", &C::max_crashes, 1, 1000),
       K::Dur("ack_wait", &C::ack_wait, milliseconds(100), kDay),
       K::Dur("backoff_initial", kBackoffInitial, milliseconds(1), kDay),
       K::Dur("backoff_max", kBackoffMax, milliseconds(1), kDay),
       K::Float("backoff_multiplier", kBackoffMultiplier, 1.0, 100.0),
       K::Int("max_backlog", &C::max_backlog, 0, kNoMax),
       K::Enum("on_full", &C::on_full, kBacklogFullPolicies),
+  };
+  return *keys;
+}
+
+// A plugin's `config`: any table, kept as JSON.
+Problem ParsePluginConfigTable(const toml::node& node, const ValueContext&, PluginConfig& p) {
+  if (!node.is_table()) return Expected("a table such as { relay = \"smtp://localhost\" }", node);
+  nlohmann::json j;
+  if (Problem problem = TomlToJson(node, j)) return problem;
+  p.config_json = j.dump();
+  return std::nullopt;
+}
+
+std::string PluginConfigTableText(const PluginConfig& p) {
+  auto j = nlohmann::json::parse(p.config_json, nullptr, /*allow_exceptions=*/false);
+  return JsonToToml(j.is_discarded() ? nlohmann::json::object() : j);
+}
+
+Problem ParsePluginName(const toml::node& node, const ValueContext&, PluginConfig& p) {
+  const auto* v = node.as_string();
+  if (v == nullptr) return Expected("a plugin name string", node);
+  if (Problem problem = CheckPluginName(v->get())) return problem;
+  p.name = v->get();
+  return std::nullopt;
+}
+
+const std::vector<KeyDef<PluginConfig>>& PluginKeys() {
+  using K = Keys<PluginConfig>;
+  using C = PluginConfig;
+  static const auto* const keys = new std::vector<KeyDef<C>>{
+      KeyDef<C>{.name = "name",
+                .required = true,
+                .quoted = true,
+                .parse = ParsePluginName,
+                .text = [](const C& p) { return p.name; }},
+      K::Path("path", &C::path),
+      K::Int("instances", &C::instances, 1, 64),
+      K::Bool("enabled", &C::enabled),
+      K::Dur("handler_timeout", &C::handler_timeout, milliseconds(10), kDay),
+      K::Dur("restart_backoff_initial", &C::restart_backoff_initial, milliseconds(1), kDay),
+      K::Dur("restart_backoff_max", &C::restart_backoff_max, milliseconds(1), kDay),
+      K::Int("max_restarts", &C::max_restarts, 1, 1000),
+      K::Dur("restart_window", &C::restart_window, seconds(1), kDay),
+      K::Int("max_crashes", &C::max_crashes, 1, 1000),
+      KeyDef<C>{.name = "config", .parse = ParsePluginConfigTable, .text = PluginConfigTableText},
   };
   return *keys;
 }
@@ -635,6 +761,22 @@ const std::vector<PairCheck<SubscriptionConfig>>& SubscriptionChecks() {
   return *checks;
 }
 
+const std::vector<PairCheck<PluginConfig>>& PluginChecks() {
+  static const auto* const checks = new std::vector<PairCheck<PluginConfig>>{
+      {"plugin.restart_backoff_max", "plugin.restart_backoff_initial",
+       [](const PluginConfig& p) { return p.restart_backoff_max >= p.restart_backoff_initial; },
+       [](const PluginConfig& p) {
+         return fmt::format("{} is shorter than restart_backoff_initial ({})",
+                            FormatDuration(p.restart_backoff_max), FormatDuration(p.restart_backoff_initial));
+       },
+       [](const PluginConfig& p) {
+         return fmt::format("{} is longer than restart_backoff_max ({})",
+                            FormatDuration(p.restart_backoff_initial), FormatDuration(p.restart_backoff_max));
+       }},
+  };
+  return *checks;
+}
+
 // ---- Applying a document ----
 
 using KeyLocations = std::map<std::string, Location, std::less<>>;
@@ -656,8 +798,9 @@ class SectionDef {
 
 class Loader {
  public:
-  // Applies one file's text. `file` is the name used in messages.
-  void AddText(std::string_view text, const std::string& file);
+  // Applies one file's text. `file` is the name used in messages. A plugins.d file (`plugins_only`)
+  // may hold nothing but [[plugin]] tables.
+  void AddText(std::string_view text, const std::string& file, bool plugins_only = false);
   Result<Config> Finish();
 
   void Error(const Location& where, std::string_view key, std::string_view problem) {
@@ -909,6 +1052,9 @@ const std::vector<std::unique_ptr<SectionDef>>& Sections() {
           return fmt::format("subscription {} of topic {}", Quote(c.name), Quote(c.topic));
         },
         &SubscriptionChecks()));
+    s->push_back(std::make_unique<ArraySection<PluginConfig>>(
+        "plugin", &Config::plugins, PluginKeys(), [](const PluginConfig& p) { return p.name; },
+        [](const PluginConfig& p) { return fmt::format("plugin {}", Quote(p.name)); }, &PluginChecks()));
     return s;
   }();
   return *sections;
@@ -923,7 +1069,7 @@ fs::path BaseDir(const fs::path& file) {
   return ec ? dir.lexically_normal() : absolute.lexically_normal();
 }
 
-void Loader::AddText(std::string_view text, const std::string& file) {
+void Loader::AddText(std::string_view text, const std::string& file, bool plugins_only) {
   current_ = Location{file, config_.sources.size(), 0};
   config_.sources.emplace_back(file);
   context_.base_dir = BaseDir(fs::path(file));
@@ -946,11 +1092,19 @@ void Loader::AddText(std::string_view text, const std::string& file) {
       Error(where, key.str(), node.is_table() ? "unknown section" : "unknown key");
       continue;
     }
+    if (plugins_only && section->name() != "plugin") {
+      Error(where, key.str(), "a plugins.d file holds only [[plugin]] tables (put this in conf.d/)");
+      continue;
+    }
     section->Apply(*this, node, where);
   }
 }
 
 Result<Config> Loader::Finish() {
+  // Known only now that every file is read: a later file may set daemon.plugin_dir.
+  for (PluginConfig& p : config_.plugins) {
+    if (p.path.empty()) p.path = config_.daemon.plugin_dir / (p.name + ".so");
+  }
   // Checks across files only make sense when every file was read whole; otherwise a value that a
   // broken file meant to set would show up as a second, misleading error.
   if (errors_.empty()) {
@@ -998,25 +1152,8 @@ Status ReadFile(const fs::path& path, std::string& out) {
   return Status::Ok();
 }
 
-}  // namespace
-
-Result<Config> ParseConfig(std::string_view toml_text, std::string_view name) {
-  Loader loader;
-  loader.AddText(toml_text, std::string(name));
-  return loader.Finish();
-}
-
-Result<Config> LoadConfig(const std::filesystem::path& path, bool allow_missing) {
-  Loader loader;
-  std::string text;
-  Status read = ReadFile(path, text);
-  if (read.ok()) {
-    loader.AddText(text, path.string());
-  } else if (!(allow_missing && read.code() == StatusCode::kNotFound)) {
-    return read;
-  }
-
-  const fs::path dropin_dir = path.parent_path() / "conf.d";
+// The drop-ins of one folder in name order; a missing folder has none.
+Result<std::vector<fs::path>> ListDropIns(const fs::path& dropin_dir) {
   std::error_code ec;
   fs::directory_iterator it(dropin_dir, ec);
   if (ec && ec != std::errc::no_such_file_or_directory && ec != std::errc::not_a_directory) {
@@ -1037,12 +1174,40 @@ Result<Config> LoadConfig(const std::filesystem::path& path, bool allow_missing)
   std::sort(dropins.begin(), dropins.end(), [](const fs::path& a, const fs::path& b) {
     return a.filename().string() < b.filename().string();
   });
-  for (const fs::path& dropin : dropins) {
-    SLUICE_RETURN_IF_ERROR(ReadFile(dropin, text));
-    loader.AddText(text, dropin.string());
+  return dropins;
+}
+
+}  // namespace
+
+Result<Config> ParseConfig(std::string_view toml_text, std::string_view name) {
+  Loader loader;
+  loader.AddText(toml_text, std::string(name));
+  return loader.Finish();
+}
+
+Result<Config> LoadConfig(const std::filesystem::path& path, bool allow_missing) {
+  Loader loader;
+  std::string text;
+  Status read = ReadFile(path, text);
+  if (read.ok()) {
+    loader.AddText(text, path.string());
+  } else if (!(allow_missing && read.code() == StatusCode::kNotFound)) {
+    return read;
+  }
+
+  for (const char* folder : {"conf.d", "plugins.d"}) {
+    Result<std::vector<fs::path>> dropins = ListDropIns(path.parent_path() / folder);
+    if (!dropins.ok()) return dropins.status();
+    const bool plugins_only = std::string_view(folder) == "plugins.d";
+    for (const fs::path& dropin : *dropins) {
+      SLUICE_RETURN_IF_ERROR(ReadFile(dropin, text));
+      loader.AddText(text, dropin.string(), plugins_only);
+    }
   }
   return loader.Finish();
 }
+
+
 
 std::string FormatConfig(const Config& config) {
   std::string out = "# The effective sluice configuration: every key, defaults included.\n";

@@ -3,7 +3,10 @@
 // The daemon's configuration: a typed Config built from TOML (toml++) in one place, config.cc. No toml++
 // type leaks out of it. Loading reads the main file, then every `*.toml` in the `conf.d/` folder beside
 // it in name order; a drop-in's scalar replaces the main file's value, and its `[[topic]]`,
-// `[[subscription]]` and `[[plugin]]` entries are appended. Every key has a default (see
+// `[[subscription]]` and `[[plugin]]` entries are appended. Last come the plugin drop-ins, every
+// `*.toml` in the `plugins.d/` folder beside the main file, in name order, which may hold only
+// `[[plugin]]` tables (one file per plugin is the intended use: dropping it in and running
+// `sluicectl plugin load NAME` or sending SIGHUP adds the plugin). Every key has a default (see
 // etc/sluice.toml and sluice.toml(5)). An unknown key, a wrong type or an out-of-range value is an
 // error whose message names the file, the line and the key:
 //   /etc/sluice/conf.d/10-x.toml:7: broker.durability: expected one of "sync", "batch", "none", got "fast"
@@ -28,6 +31,7 @@
 #include "broker/options.h"
 #include "broker/status.h"
 #include "daemon/units.h"
+#include "sluice_build_config.h"
 
 namespace sluice {
 
@@ -43,8 +47,27 @@ struct DaemonConfig {
   uint64_t max_frame_bytes = 4 << 20;  // "4MiB"; 1 KiB .. 1 GiB
   uint32_t max_connections = 1024;     // 1 .. 65536
   Duration shutdown_timeout = std::chrono::seconds(10);  // drain limit on SIGTERM
+  // Where a [[plugin]] without `path` is looked for: <plugin_dir>/<name>.so.
+  std::filesystem::path plugin_dir = SLUICE_PLUGINDIR;
 
   friend bool operator==(const DaemonConfig&, const DaemonConfig&) = default;
+};
+
+// One [[plugin]] table: a plugin the supervisor runs in `instances` worker processes.
+struct PluginConfig {
+  std::string name;                     // required; [a-z0-9_-]{1,64}, equal to the descriptor's name
+  std::filesystem::path path;           // the loader fills in <daemon.plugin_dir>/<name>.so when unset
+  uint32_t instances = 1;               // 1 .. 64 competing workers
+  bool enabled = true;                  // false: listed, but not started
+  Duration handler_timeout = std::chrono::seconds(30);  // one handle() call longer than this: killed
+  Duration restart_backoff_initial = std::chrono::milliseconds(100);  // first restart delay, doubling
+  Duration restart_backoff_max = std::chrono::seconds(30);            // ... up to this
+  uint32_t max_restarts = 5;            // this many crashes within restart_window: the plugin fails
+  Duration restart_window = std::chrono::seconds(60);
+  uint32_t max_crashes = 3;             // per message: held by this many crashed workers, it is poison
+  std::string config_json = "{}";       // the `config` table as a JSON object, handed to init()
+
+  friend bool operator==(const PluginConfig&, const PluginConfig&) = default;
 };
 
 struct Config {
@@ -55,12 +78,13 @@ struct Config {
   BrokerConfig broker;
   std::vector<TopicConfig> topics;
   std::vector<SubscriptionConfig> subscriptions;
+  std::vector<PluginConfig> plugins;
 
   friend bool operator==(const Config&, const Config&) = default;
 };
 
-// Loads `path` and the drop-ins of the `conf.d/` folder beside it (hidden files and names not ending in
-// ".toml" are skipped). A file that cannot be read fails at once: "FILE: cannot read: <strerror>", code
+// Loads `path`, the drop-ins of the `conf.d/` folder beside it, then those of `plugins.d/` (hidden files
+// and names not ending in ".toml" are skipped; anything but [[plugin]] in a plugins.d file is an error). A file that cannot be read fails at once: "FILE: cannot read: <strerror>", code
 // kNotFound for a missing file. A missing main file is an error unless `allow_missing` (then the
 // defaults apply, plus any drop-ins). Invalid contents are kInvalidArgument.
 Result<Config> LoadConfig(const std::filesystem::path& path, bool allow_missing = false);
@@ -87,8 +111,8 @@ struct ConfigChange {
 std::vector<ConfigChange> DiffConfig(const Config& before, const Config& after);
 
 // Every key the loader accepts, in the order FormatConfig prints them: "daemon.data_dir", ...,
-// "topic.name", "subscription.ack_wait". Entries of [[topic]] and [[subscription]] are named without an
-// index, exactly as error messages name them. For tests that check docs and examples against the code.
+// "topic.name", "subscription.ack_wait", "plugin.config". Entries of [[topic]], [[subscription]] and
+// [[plugin]] are named without an index, exactly as error messages name them. For tests that check docs and examples against the code.
 std::vector<std::string> KnownConfigKeys();
 
 // ParseSize, ParseDuration, FormatSize and FormatDuration are declared in daemon/units.h.

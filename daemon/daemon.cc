@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include <fmt/format.h>
@@ -14,12 +15,15 @@
 #include "daemon/lock_file.h"
 #include "daemon/log.h"
 #include "daemon/notifier.h"
+#include "daemon/supervisor.h"
 #include "sluice_build_config.h"
 
 namespace sluice {
 namespace {
 
 constexpr uint64_t kDrainPollMs = 10;
+// At shutdown, how long closing connections may take before the store closes anyway.
+constexpr int64_t kCloseWaitMs = 2000;
 // Leases, backoff and retention are checked this often; finer than any ack_wait allowed (>= 100 ms).
 constexpr uint64_t kBackendTimerMs = 20;
 
@@ -30,6 +34,8 @@ broker::ServiceOptions ServiceOptionsFor(const Config& c) {
   o.max_frame_bytes = c.daemon.max_frame_bytes;
   o.max_message_bytes = c.broker.max_message_bytes;
   o.max_connections = c.daemon.max_connections;
+  o.default_max_deliveries = c.broker.default_max_deliveries;
+  o.default_ack_wait = c.broker.default_ack_wait;
   o.server_version = SLUICE_VERSION;
   return o;
 }
@@ -43,6 +49,12 @@ Daemon::Daemon(std::filesystem::path config_path, Config config)
 
 Daemon::~Daemon() {
   // Every handle was closed by FinishShutdown (or never opened); run once more to release them.
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  // After the loop ran their handles' close callbacks (a connection's close callback calls into the
+  // service), then once more for the handles these destructors close.
+  service_.reset();
+  admin_.reset();
+  supervisor_.reset();
   uv_run(&loop_, UV_RUN_DEFAULT);
   uv_loop_close(&loop_);
 }
@@ -113,6 +125,15 @@ int Daemon::Run() {
     lock_.reset();
     return 1;
   }
+  SupervisorOptions so;
+  char exe[4096];
+  size_t exe_size = sizeof exe;
+  so.executable = uv_exepath(exe, &exe_size) == 0 ? std::string(exe, exe_size) : "/proc/self/exe";
+  so.data_dir = config_.daemon.data_dir;
+  so.log_level = config_.daemon.log_level;
+  so.stop_timeout = config_.daemon.shutdown_timeout;
+  supervisor_ = std::make_unique<Supervisor>(&loop_, service_.get(), so);
+  supervisor_->Start(config_.plugins);
   std::string ready = fmt::format("listening on {} (admin {})", config_.daemon.broker_socket.string(),
                                   config_.daemon.admin_socket.string());
   log::Notice("sluiced {} {}, data in {}", SLUICE_VERSION, ready, config_.daemon.data_dir.string());
@@ -139,8 +160,12 @@ void Daemon::BeginShutdown(const char* why) {
   // Stop accepting first: the socket files disappear, so clients see the daemon going away.
   broker_listener_->Close();
   admin_listener_->Close();
-  shutdown_deadline_us_ = NowUs() + config_.daemon.shutdown_timeout.count() * 1000;
-  uv_timer_start(&drain_timer_, OnDrainTimer, 0, kDrainPollMs);
+  // Plugin workers go first: each finishes the message in hand and its bundles commit while the broker
+  // still runs. Then the drain below waits for what is still in flight.
+  supervisor_->StopAll([this] {
+    shutdown_deadline_us_ = NowUs() + config_.daemon.shutdown_timeout.count() * 1000;
+    uv_timer_start(&drain_timer_, OnDrainTimer, 0, kDrainPollMs);
+  });
 }
 
 void Daemon::OnDrainTimer(uv_timer_t* timer) {
@@ -159,14 +184,29 @@ void Daemon::FinishShutdown() {
   service_->CloseAll();
   admin_->CloseAll();
   uv_timer_stop(&backend_timer_);
+  // Connections close asynchronously (after writing what they still hold) and detach their consumers
+  // from the backend when they do: the store closes once they are gone, or after kCloseWaitMs.
+  shutdown_deadline_us_ = NowUs() + kCloseWaitMs * 1000;
+  uv_timer_start(&drain_timer_, OnClosingTimer, 0, kDrainPollMs);
+}
+
+void Daemon::OnClosingTimer(uv_timer_t* timer) {
+  auto* self = static_cast<Daemon*>(timer->data);
+  if (self->service_->connection_count() + self->admin_->connection_count() > 0 &&
+      NowUs() < self->shutdown_deadline_us_) {
+    return;
+  }
+  uv_timer_stop(timer);
+  self->CloseStore();
+}
+
+void Daemon::CloseStore() {
   backend_->Close([this] {
     uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&sigint_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&sighup_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&drain_timer_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&backend_timer_), nullptr);
-    service_.reset();
-    admin_.reset();
     notifier_.reset();
     log::Notice("stopped");
     lock_.reset();
@@ -229,8 +269,36 @@ Result<nlohmann::json> Daemon::Reload() {
   log::SetLevel(config_.daemon.log_level);
   service_->set_options(ServiceOptionsFor(config_));
   admin_->set_admin_group(config_.daemon.admin_group);
+  supervisor_->set_log_level(config_.daemon.log_level);
+  supervisor_->set_stop_timeout(config_.daemon.shutdown_timeout);
+  nlohmann::json plugins = supervisor_->Reconcile(config_.plugins);
   notifier_->Ready("configuration reloaded");
-  return nlohmann::json{{"applied", applied}, {"needs_restart", restart}};
+  return nlohmann::json{{"applied", applied}, {"needs_restart", restart}, {"plugins", plugins}};
+}
+
+Result<nlohmann::json> Daemon::Plugins() { return supervisor_->Info(); }
+
+Status Daemon::PluginAction(std::string_view action, std::string_view name) {
+  if (action == "unload") return supervisor_->Unload(name);
+  if (action == "restart") return supervisor_->Restart(name);
+  if (action != "load") return InvalidArgument(fmt::format("unknown plugin action \"{}\"", action));
+  // load: the plugin's current definition, from the configuration and drop-ins as they are now.
+  auto fresh = LoadConfig(config_path_, /*allow_missing=*/false);
+  if (!fresh.ok()) return fresh.status().WithContext("cannot read the configuration");
+  for (const PluginConfig& p : fresh->plugins) {
+    if (p.name != name) continue;
+    SLUICE_RETURN_IF_ERROR(supervisor_->Load(p));
+    // Keep the running configuration in step, so a later reload sees this plugin as known.
+    auto it = std::find_if(config_.plugins.begin(), config_.plugins.end(),
+                           [&](const PluginConfig& c) { return c.name == name; });
+    if (it != config_.plugins.end()) {
+      *it = p;
+    } else {
+      config_.plugins.push_back(p);
+    }
+    return Status::Ok();
+  }
+  return NotFound(fmt::format("no [[plugin]] named {} in {} or its drop-ins", name, config_path_.string()));
 }
 
 }  // namespace sluice

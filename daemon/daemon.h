@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
 //
 // Daemon: sluiced's run mode. Startup goes config → lock the data dir → open the store → listen on the
-// broker and admin sockets → READY; then the libuv loop runs until SIGTERM/SIGINT. Shutdown stops
-// accepting, waits (up to daemon.shutdown_timeout) for publishes in flight to be committed and
-// acknowledged, closes the connections, flushes and closes the store, removes the socket files and the
+// broker and admin sockets → start the plugin workers (Supervisor) → READY; then the libuv loop runs
+// until SIGTERM/SIGINT. Shutdown stops accepting, stops the plugin workers (each finishes the message in
+// hand; SIGKILL after daemon.shutdown_timeout), waits (up to daemon.shutdown_timeout) for publishes and
+// bundles in flight to be committed and acknowledged, closes the connections, flushes and closes the store, removes the socket files and the
 // lock, and returns 0. SIGHUP re-reads the configuration: the new one is built and checked beside the
 // old and swapped in only when valid; what changed is logged, and keys that need a restart are named.
 //
@@ -16,6 +17,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -26,6 +28,7 @@ namespace sluice {
 
 class LockFile;
 class Notifier;
+class Supervisor;
 namespace broker {
 class BrokerService;
 }
@@ -46,6 +49,8 @@ class Daemon : public AdminHost {
   nlohmann::json StatusInfo() override;
   broker::Backend& backend() override { return *backend_; }
   Result<nlohmann::json> Reload() override;
+  Result<nlohmann::json> Plugins() override;
+  Status PluginAction(std::string_view action, std::string_view name) override;
 
  private:
   Status Start();
@@ -53,6 +58,8 @@ class Daemon : public AdminHost {
   void FinishShutdown();
   static void OnSignal(uv_signal_t* handle, int signum);
   static void OnDrainTimer(uv_timer_t* timer);
+  static void OnClosingTimer(uv_timer_t* timer);
+  void CloseStore();
   static void OnBackendTimer(uv_timer_t* timer);
 
   std::filesystem::path config_path_;
@@ -63,6 +70,7 @@ class Daemon : public AdminHost {
   std::unique_ptr<broker::Backend> backend_;
   std::unique_ptr<broker::BrokerService> service_;
   std::unique_ptr<AdminServer> admin_;
+  std::unique_ptr<Supervisor> supervisor_;
   std::unique_ptr<net::UnixListener> broker_listener_;
   std::unique_ptr<net::UnixListener> admin_listener_;
   uv_signal_t sigterm_, sigint_, sighup_;

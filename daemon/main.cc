@@ -1,16 +1,20 @@
 // SPDX-License-Identifier: MIT
 //
-// sluiced: parse the command line, load the configuration, choose a mode (run, --check-config) and hand
-// off. Everything else lives in daemon.cc and below.
+// sluiced: parse the command line, load the configuration, choose a mode (run, --check-config,
+// --check-plugin, or the internal --worker mode the supervisor starts plugin workers in) and hand off.
+// Everything else lives in daemon.cc, worker.cc and below.
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
 #include "daemon/config.h"
 #include "daemon/daemon.h"
 #include "daemon/log.h"
+#include "daemon/worker.h"
 #include "sluice_build_config.h"
 
 int main(int argc, char** argv) {
@@ -25,7 +29,40 @@ int main(int argc, char** argv) {
   app.add_flag("--check-config", check_config,
                "validate the configuration, print the effective configuration and exit");
   app.add_flag("-V,--version", version, "print the version and exit");
+  std::string check_plugin;
+  app.add_option("--check-plugin", check_plugin,
+                 "load a plugin library, check its descriptor, print it and exit");
+
+  // Worker mode: internal, started by the supervisor only, so hidden from --help (group "").
+  bool worker = false;
+  sluice::WorkerOptions w;
+  int log_level = static_cast<int>(w.log_level);
+  int64_t handler_timeout_ms = w.handler_timeout.count();
+  app.add_flag("--worker", worker, "run one plugin instance (internal)")->group("");
+  app.add_option("--fd", w.broker_fd)->group("");
+  app.add_option("--status-fd", w.status_fd)->group("");
+  app.add_option("--in-hand-fd", w.in_hand_fd)->group("");
+  std::vector<std::string> suspects;
+  app.add_option("--suspect", suspects)->group("");
+  app.add_option("--plugin", w.plugin_path)->group("");
+  app.add_option("--name", w.name)->group("");
+  app.add_option("--instance", w.instance)->group("");
+  app.add_option("--data-dir", w.data_dir)->group("");
+  app.add_option("--handler-timeout-ms", handler_timeout_ms)->group("");
+  app.add_option("--max-crashes", w.max_crashes)->group("");
+  app.add_option("--log-level", log_level)->check(CLI::Range(3, 7))->group("");
   CLI11_PARSE(app, argc, argv);
+
+  if (worker) {
+    w.log_level = static_cast<sluice::LogLevel>(log_level);
+    w.handler_timeout = sluice::Duration(handler_timeout_ms);
+    if (const char* config = std::getenv(sluice::kPluginConfigEnv)) w.config_json = config;
+    for (const std::string& s : suspects) {
+      if (auto id = sluice::ParseUuid(s)) w.suspects.push_back(*id);
+    }
+    return sluice::RunWorker(w);
+  }
+  if (!check_plugin.empty()) return sluice::CheckPluginFile(check_plugin);
 
   if (version) {
     std::printf("sluiced %s\n", SLUICE_VERSION);

@@ -1,12 +1,17 @@
 // SPDX-License-Identifier: MIT
 //
-// sluicectl: the admin CLI. Each subcommand is one admin call on the daemon's admin socket (found from
-// --socket, or the config's daemon.admin_socket); output is a human table, or the raw JSON result with
-// --json. Exit codes: 0 ok, 1 the operation failed, 2 usage error, 3 the daemon is unreachable.
+// sluicectl: the admin CLI. Most subcommands are one admin call on the daemon's admin socket (found
+// from --socket, or the config's daemon.admin_socket); the order pipeline commands and `publish` go to
+// the broker socket as any client would (--broker-socket, or daemon.broker_socket). Output is a human
+// table, or JSON with --json. Exit codes (ctl_output.h): 0 ok, 1 the operation failed, 2 usage error,
+// 3 the daemon is unreachable.
 #include <unistd.h>
 
 #include <cstdio>
+#include <ctime>
 #include <functional>
+#include <iostream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -16,72 +21,50 @@
 
 #include "broker/client/client.h"
 #include "daemon/config.h"
+#include "daemon/ctl_output.h"
+#include "daemon/ctl_pipeline.h"
 #include "sluice_build_config.h"
 
 namespace {
 
 using nlohmann::json;
 
-constexpr int kExitOk = 0;
-constexpr int kExitFailed = 1;
-constexpr int kExitUsage = 2;
-constexpr int kExitUnreachable = 3;
-
+using sluice::ctl::kExitFailed;
+using sluice::ctl::kExitOk;
+using sluice::ctl::kExitUnreachable;
+using sluice::ctl::kExitUsage;
+using sluice::ctl::PrintTable;
+std::string Str(const json& j) { return sluice::ctl::Cell(j); }
+std::string FormatDuration(double seconds) { return sluice::ctl::HumanSeconds(seconds); }
 struct Globals {
   std::string config_path = std::string(SLUICE_SYSCONFDIR) + "/sluice.toml";
+  bool config_given = false;  // --config named a file: it must exist
   std::string socket;
+  std::string broker_socket;
   bool json_output = false;
   int timeout_ms = 10000;
 };
-
-std::string FormatDuration(double seconds) {
-  auto s = static_cast<uint64_t>(seconds);
-  if (s < 60) return fmt::format("{:.1f}s", seconds);
-  if (s < 3600) return fmt::format("{}m{:02}s", s / 60, s % 60);
-  if (s < 86400) return fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60);
-  return fmt::format("{}d{:02}h", s / 86400, (s % 86400) / 3600);
-}
-
-// Prints rows as left-aligned columns under a header.
-void PrintTable(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
-  std::vector<size_t> width(header.size());
-  for (size_t i = 0; i < header.size(); ++i) width[i] = header[i].size();
-  for (const auto& r : rows) {
-    for (size_t i = 0; i < r.size() && i < width.size(); ++i) width[i] = std::max(width[i], r[i].size());
-  }
-  auto line = [&](const std::vector<std::string>& r) {
-    std::string out;
-    for (size_t i = 0; i < r.size(); ++i) {
-      out += r[i];
-      if (i + 1 < r.size()) out += std::string(width[i] - r[i].size() + 2, ' ');
-    }
-    std::puts(out.c_str());
-  };
-  line(header);
-  for (const auto& r : rows) line(r);
-}
-
-std::string Str(const json& j) {
-  if (j.is_string()) return j.get<std::string>();
-  if (j.is_number_float()) return fmt::format("{:.1f}", j.get<double>());
-  return j.dump();
-}
 
 class Ctl {
  public:
   explicit Ctl(Globals g) : g_(std::move(g)) {}
 
-  // Resolves the admin socket: --socket wins, then the config file's daemon.admin_socket.
-  int Connect() {
-    std::string socket = g_.socket;
-    if (socket.empty()) {
-      auto config = sluice::LoadConfig(g_.config_path, /*allow_missing=*/true);
-      if (!config.ok()) {
-        std::fprintf(stderr, "sluicectl: %s\n", config.status().message().c_str());
-        return kExitUsage;
-      }
-      socket = config->daemon.admin_socket.string();
+  // Resolves a socket path: the option wins, then the config file's daemon.* key. Empty on error
+  // (reported).
+  static std::string SocketPath(const Globals& g, bool admin) {
+    const std::string& given = admin ? g.socket : g.broker_socket;
+    if (!given.empty()) return given;
+    auto config = sluice::LoadConfig(g.config_path, /*allow_missing=*/!g.config_given);
+    if (!config.ok()) {
+      std::fprintf(stderr, "sluicectl: %s\n", config.status().message().c_str());
+      return {};
     }
+    return (admin ? config->daemon.admin_socket : config->daemon.broker_socket).string();
+  }
+
+  int Connect() {
+    std::string socket = SocketPath(g_, /*admin=*/true);
+    if (socket.empty()) return kExitUsage;
     sluice::client::ConnectOptions opts;
     opts.name = "sluicectl " SLUICE_VERSION;
     opts.timeout = std::chrono::milliseconds(g_.timeout_ms);
@@ -173,15 +156,93 @@ void HumanDeadLetters(const json& r) {
   }
 }
 
+void HumanPlugins(const json& r) {
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& p : r.value("plugins", json::array())) {
+    std::string pids;
+    for (const auto& pid : p.value("pids", json::array())) pids += (pids.empty() ? "" : ",") + Str(pid);
+    rows.push_back({Str(p["name"]), Str(p.value("version", json(""))), Str(p["state"]),
+                    fmt::format("{}/{}", Str(p.value("running", json(0))), Str(p["instances"])),
+                    pids.empty() ? "-" : pids, Str(p["restarts"]), Str(p["in_flight"]), Str(p["handled"]),
+                    Str(p.value("last_error", json("")))});
+  }
+  PrintTable({"PLUGIN", "VERSION", "STATE", "RUNNING", "PIDS", "RESTARTS", "IN-FLIGHT", "HANDLED", "LAST ERROR"},
+             rows);
+}
+
+std::string TimeOfDay(int64_t us) {
+  std::time_t secs = static_cast<std::time_t>(us / 1000000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  return fmt::format("{:02}:{:02}:{:02}.{:03}", tm.tm_hour, tm.tm_min, tm.tm_sec, (us / 1000) % 1000);
+}
+
+// Stored messages (peek, trace) as a table.
+void HumanMessages(const json& r) {
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& m : r.value("messages", json::array())) {
+    rows.push_back({TimeOfDay(m.value("publish_time_us", int64_t{0})), Str(m["topic"]), Str(m["seq"]),
+                    Str(m.value("source", json(""))), Str(m.value("type", json(""))), Str(m.value("key", json(""))),
+                    Str(m.value("payload_bytes", json(0))), m.value("dead_lettered", false) ? "dead-lettered" : ""});
+  }
+  PrintTable({"TIME (UTC)", "TOPIC", "SEQ", "SOURCE", "TYPE", "KEY", "BYTES", ""}, rows);
+}
+
+void HumanParked(const json& r) {
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& k : r.value("parked_keys", json::array())) {
+    rows.push_back({Str(k["key"]), Str(k["parked_at_seq"]), Str(k["backlog"])});
+  }
+  PrintTable({"KEY", "PARKED AT SEQ", "BACKLOG"}, rows);
+}
+
+// `publish TOPIC`: the payload from standard input, confirmed by the broker.
+int Publish(const Globals& g, const std::string& topic, const std::string& key, const std::string& type,
+            const std::string& correlation) {
+  std::string socket = Ctl::SocketPath(g, /*admin=*/false);
+  if (socket.empty()) return kExitUsage;
+  sluice::client::ConnectOptions opts;
+  opts.name = "sluicectl " SLUICE_VERSION;
+  opts.timeout = std::chrono::milliseconds(g.timeout_ms);
+  auto conn = sluice::client::Connection::Connect(socket, opts);
+  if (!conn.ok()) {
+    std::fprintf(stderr, "sluicectl: %s\n", conn.status().message().c_str());
+    return kExitUnreachable;
+  }
+  sluice::client::OutMessage m;
+  m.topic = topic;
+  m.key = key;
+  m.type = type;
+  m.correlation_id = correlation;
+  m.payload.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+  auto ack = (*conn)->Publish(m);
+  if (!ack.ok()) {
+    std::fprintf(stderr, "sluicectl: publish to %s: %s\n", topic.c_str(), ack.status().message().c_str());
+    return (*conn)->closed() ? kExitUnreachable : kExitFailed;
+  }
+  json j = {{"topic", topic}, {"seq", ack->seq}, {"id", sluice::FormatUuid(ack->id)}, {"duplicate", ack->duplicate}};
+  if (g.json_output) {
+    std::puts(j.dump(2).c_str());
+  } else {
+    std::printf("%s seq %llu id %s%s\n", topic.c_str(), static_cast<unsigned long long>(ack->seq),
+                sluice::FormatUuid(ack->id).c_str(), ack->duplicate ? " (duplicate)" : "");
+  }
+  return kExitOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   Globals g;
   CLI::App app{"sluicectl: administer a running sluiced over its admin socket (see sluicectl(1))", "sluicectl"};
   app.require_subcommand(1);
+  // Global options may also follow the command: `sluicectl status --json`.
+  app.fallthrough();
   app.add_option("-c,--config", g.config_path, "configuration file to find the admin socket in")
       ->capture_default_str();
   app.add_option("-s,--socket", g.socket, "admin socket path (overrides the configuration)");
+  app.add_option("-b,--broker-socket", g.broker_socket,
+                 "broker socket path for order, stock, analytics and publish (overrides the configuration)");
   app.add_flag("-j,--json", g.json_output, "print the result as JSON");
   app.add_option("--timeout", g.timeout_ms, "milliseconds to wait for the daemon")->capture_default_str();
 
@@ -201,10 +262,35 @@ int main(int argc, char** argv) {
     for (const auto& l : r.value("needs_restart", json::array())) {
       std::printf("needs a restart: %s\n", Str(l).c_str());
     }
+    const json plugins = r.value("plugins", json::object());
+    for (const char* what : {"started", "stopped", "restarted"}) {
+      for (const auto& name : plugins.value(what, json::array())) std::printf("plugin %s: %s\n", what, Str(name).c_str());
+    }
     if (r.value("applied", json::array()).empty() && r.value("needs_restart", json::array()).empty()) {
       std::puts("configuration unchanged");
     }
   });
+
+  simple("plugins", "list plugins with state, workers, restarts, in-flight and handled counts", "plugins",
+         HumanPlugins);
+  auto* plugin = app.add_subcommand("plugin", "load, unload or restart one plugin in the running daemon");
+  plugin->require_subcommand(1);
+  static std::string plugin_name;
+  auto plugin_cmd = [&](const char* name, const char* help, const char* command, const char* done) {
+    auto* c = plugin->add_subcommand(name, help);
+    c->add_option("name", plugin_name, "the plugin's name, as in its [[plugin]] table")->required();
+    c->callback([&, command, done] {
+      action = [&, command, done] {
+        return Ctl(g).Call(command, {{"name", plugin_name}},
+                           [done](const json&) { std::printf("%s: %s\n", plugin_name.c_str(), done); });
+      };
+    });
+  };
+  plugin_cmd("load", "re-read the configuration and plugins.d/, then start the plugin", "plugin.load", "loaded");
+  plugin_cmd("unload", "stop the plugin's workers; their messages return to the subscription", "plugin.unload",
+             "unloaded");
+  plugin_cmd("restart", "stop and start the plugin's workers, clearing a failed state", "plugin.restart",
+             "restarting");
 
   auto* dlq = app.add_subcommand("dlq", "inspect and repair a subscription's dead-letter queue");
   dlq->require_subcommand(1);
@@ -234,9 +320,107 @@ int main(int argc, char** argv) {
   dlq_cmd("redrive", "move dead letters back to the subscription (all, or --seq)", "dlq.redrive",
           [](const json& r) { std::printf("redriven: %s\n", Str(r.value("redriven", json(0))).c_str()); }, true,
           false);
+  dlq_cmd("parked", "keys parked by a dead letter (ordering = \"key\") with their backlog", "parked",
+          HumanParked, false, false);
   dlq_cmd("purge", "delete the dead letters of the subscription", "dlq.purge",
           [](const json& r) { std::printf("purged: %s\n", Str(r.value("purged", json(0))).c_str()); }, false,
           false);
+
+  auto broker = [&] {
+    return sluice::ctl::BrokerTarget{Ctl::SocketPath(g, /*admin=*/false), g.timeout_ms, g.json_output};
+  };
+  // The pipeline commands resolve the broker socket when they run; a bad config reports itself there.
+  auto needs_socket = [](const sluice::ctl::BrokerTarget& t) { return !t.socket.empty(); };
+
+  static std::string arg_topic, arg_key, arg_type, arg_corr, arg_id, arg_email, arg_idem, arg_status, arg_sku;
+  static std::vector<std::string> arg_items;
+  static uint64_t arg_from = 0;
+  static size_t arg_n = 10;
+  static uint32_t arg_limit = 0, arg_minutes = 10;
+  static int64_t arg_qty = 0;
+
+  auto* peek = app.add_subcommand("peek", "show stored messages of a topic without consuming them");
+  peek->add_option("topic", arg_topic, "the topic")->required();
+  peek->add_option("-n,--count", arg_n, "at most this many messages")->capture_default_str();
+  peek->add_option("--from", arg_from, "start at this sequence number (default: the oldest stored)");
+  peek->callback([&] {
+    action = [&] {
+      return Ctl(g).Call("peek", {{"topic", arg_topic}, {"from_seq", arg_from}, {"limit", arg_n}}, HumanMessages);
+    };
+  });
+  auto* trace = app.add_subcommand("trace", "the story of one correlation id (an order id): every stored "
+                                            "message of it, across topics, in time order");
+  trace->add_option("id", arg_id, "the correlation id")->required();
+  trace->callback([&] {
+    action = [&] { return Ctl(g).Call("trace", {{"correlation_id", arg_id}}, HumanMessages); };
+  });
+  auto* publish = app.add_subcommand("publish", "publish standard input as one message to TOPIC and wait for "
+                                                "the broker's confirmation");
+  publish->add_option("topic", arg_topic, "the topic")->required();
+  publish->add_option("--key", arg_key, "the message key (ordering)");
+  publish->add_option("--type", arg_type, "the payload type name");
+  publish->add_option("--correlation-id", arg_corr, "the correlation id");
+  publish->callback([&] { action = [&] { return Publish(g, arg_topic, arg_key, arg_type, arg_corr); }; });
+
+  auto* order = app.add_subcommand("order", "place and look up orders (requests to the order plugin)");
+  order->require_subcommand(1);
+  auto* place = order->add_subcommand("place", "place an order; prints its id and PENDING at once");
+  place->add_option("--email", arg_email, "the customer's address")->required();
+  place->add_option("--item", arg_items, "SKU:QTY or SKU:QTY:PRICE_CENTS (repeatable)")->required();
+  place->add_option("--idempotency-key", arg_idem, "a repeat with the same key returns the first order");
+  place->callback([&] {
+    action = [&] {
+      auto t = broker();
+      return needs_socket(t) ? sluice::ctl::PlaceOrder(t, arg_email, arg_items, arg_idem) : kExitUsage;
+    };
+  });
+  auto* show = order->add_subcommand("show", "one order with its status, items and total");
+  show->add_option("id", arg_id, "the order id")->required();
+  show->callback([&] {
+    action = [&] {
+      auto t = broker();
+      return needs_socket(t) ? sluice::ctl::ShowOrder(t, arg_id) : kExitUsage;
+    };
+  });
+  auto* list = order->add_subcommand("list", "orders, optionally of one status");
+  list->add_option("--status", arg_status, "pending, confirmed or cancelled");
+  list->add_option("--limit", arg_limit, "at most this many (0: all)")->capture_default_str();
+  list->callback([&] {
+    action = [&] {
+      auto t = broker();
+      return needs_socket(t) ? sluice::ctl::ListOrders(t, arg_status, arg_limit) : kExitUsage;
+    };
+  });
+
+  auto* stock = app.add_subcommand("stock", "show or set stock (requests to the inventory plugin)");
+  stock->require_subcommand(1);
+  auto* stock_show = stock->add_subcommand("show", "stock per SKU: available and reserved");
+  stock_show->add_option("sku", arg_sku, "one SKU (default: all)");
+  stock_show->callback([&] {
+    action = [&] {
+      auto t = broker();
+      return needs_socket(t) ? sluice::ctl::ShowStock(t, arg_sku) : kExitUsage;
+    };
+  });
+  auto* stock_set = stock->add_subcommand("set", "set the available quantity of a SKU");
+  stock_set->add_option("sku", arg_sku, "the SKU")->required();
+  stock_set->add_option("quantity", arg_qty, "units available")->required();
+  stock_set->callback([&] {
+    action = [&] {
+      auto t = broker();
+      return needs_socket(t) ? sluice::ctl::SetStock(t, arg_sku, arg_qty) : kExitUsage;
+    };
+  });
+
+  auto* analytics = app.add_subcommand("analytics", "order counts, revenue and units per SKU, orders per minute "
+                                                    "(a request to the analytics plugin)");
+  analytics->add_option("--minutes", arg_minutes, "per-minute counts for this many minutes")->capture_default_str();
+  analytics->callback([&] {
+    action = [&] {
+      auto t = broker();
+      return needs_socket(t) ? sluice::ctl::Analytics(t, arg_minutes) : kExitUsage;
+    };
+  });
 
   try {
     app.parse(argc, argv);
@@ -244,5 +428,6 @@ int main(int argc, char** argv) {
     int rc = app.exit(e);
     return rc == 0 ? kExitOk : kExitUsage;
   }
+  g.config_given = app.count("--config") > 0;
   return action ? action() : kExitUsage;
 }

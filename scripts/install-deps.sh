@@ -9,7 +9,11 @@ packages=(
   libuv1-dev liblmdb-dev lmdb-utils libflatbuffers-dev flatbuffers-compiler libtomlplusplus-dev
   libfmt-dev nlohmann-json3-dev libcli11-dev libsystemd-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3
+  libcurl4-openssl-dev
+  python3 python3-aiosmtpd
+  # tests/install: systemd-analyze, systemd-sysusers and systemd-tmpfiles check the unit and its
+  # entries, groff lints the man pages, procps has the /bin/kill of the unit's ExecReload=.
+  systemd groff-base procps
 )
 
 missing=()

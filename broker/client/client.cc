@@ -163,11 +163,31 @@ Result<std::unique_ptr<Connection>> Connection::Connect(const std::filesystem::p
   }
 
   std::unique_ptr<Connection> conn(new Connection(fd, options));
-  SLUICE_RETURN_IF_ERROR(conn->RunHello(socket));
+  SLUICE_RETURN_IF_ERROR(conn->RunHello(path));
   return Result<std::unique_ptr<Connection>>(std::move(conn));
 }
 
-Status Connection::RunHello(const std::filesystem::path& socket) {
+Result<std::unique_ptr<Connection>> Connection::FromFd(int fd, const ConnectOptions& options) {
+  if (fd < 0) return InvalidArgument(fmt::format("FromFd: {} is not a file descriptor", fd));
+  if (options.max_frame_bytes < wire::kMinMaxFrameBytes ||
+      options.max_frame_bytes > FLATBUFFERS_MAX_BUFFER_SIZE) {
+    ::close(fd);
+    return InvalidArgument(fmt::format("max_frame_bytes {} is out of range ({} .. {})",
+                                       options.max_frame_bytes, wire::kMinMaxFrameBytes,
+                                       FLATBUFFERS_MAX_BUFFER_SIZE));
+  }
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 || ::fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+    int err = errno;
+    ::close(fd);
+    return ErrnoStatus(err, fmt::format("cannot use fd {} as a sluiced connection", fd));
+  }
+  std::unique_ptr<Connection> conn(new Connection(fd, options));
+  SLUICE_RETURN_IF_ERROR(conn->RunHello(fmt::format("fd {}", fd)));
+  return Result<std::unique_ptr<Connection>>(std::move(conn));
+}
+
+Status Connection::RunHello(const std::string& peer) {
   fbb_.Clear();
   auto name = fbb_.CreateString(options_.name);
   auto hello = wire::CreateHello(fbb_, wire::kProtocolVersion, name,
@@ -180,7 +200,7 @@ Status Connection::RunHello(const std::filesystem::path& socket) {
     Status s = Pump(deadline, /*until_flushed=*/false);
     if (s.code() == StatusCode::kTimeout) {
       Break(Status(StatusCode::kTimeout,
-                   fmt::format("no Hello from sluiced at {} within {} ms", socket.string(),
+                   fmt::format("no Hello from sluiced at {} within {} ms", peer,
                                options_.timeout.count())));
     }
   }
@@ -379,6 +399,11 @@ void Connection::Complete(uint64_t request_id, Answer answer) {
     Result<PublishAck> r = answer.status.ok() ? Result<PublishAck>(answer.ack)
                                               : Result<PublishAck>(std::move(answer.status));
     async_done_.emplace_back(request_id, std::move(r));
+  } else if (it->second == Pending::kBundle) {
+    --bundles_outstanding_;
+    answer.bundle.request_id = request_id;
+    answer.bundle.error = std::move(answer.status);
+    bundles_done_.push_back(std::move(answer.bundle));
   } else {
     answers_.insert_or_assign(request_id, std::move(answer));
   }
@@ -476,6 +501,15 @@ void Connection::Dispatch(const wire::Frame& frame) {
         m.publish_time_us = env->publish_time_us();
       }
       Complete(reply->request_id(), std::move(a));
+      return;
+    }
+    case wire::Body::BundleAck: {
+      const auto* ack = frame.body_as_BundleAck();
+      if (!Expect(ack->request_id(), {Pending::kBundle}, body)) return;
+      Answer a;
+      a.bundle.status = ack->status();
+      a.bundle.message = std::string(View(ack->message()));
+      Complete(ack->request_id(), std::move(a));
       return;
     }
     case wire::Body::AdminResponse: {
@@ -605,7 +639,7 @@ Result<uint64_t> Connection::Subscribe(const SubscribeOptions& options) {
   auto subscription = fbb_.CreateString(options.subscription);
   auto sub = wire::CreateSubscribe(fbb_, id, topic, subscription, options.start, options.start_seq,
                                    options.start_time_us, options.ordering, options.max_deliveries,
-                                   options.ack_wait_ms, options.credit);
+                                   options.ack_wait_ms, options.credit, options.max_crashes);
   wire::FinishFrame(fbb_, wire::Body::Subscribe, sub.Union());
   SLUICE_RETURN_IF_ERROR(QueueBuiltFrame("Subscribe"));
   auto r = Call(id, Pending::kSubscribe, DeadlineAfter(options_.timeout), "SubscribeOk",
@@ -687,6 +721,55 @@ Status Connection::Reply(uint64_t reply_token, const OutMessage& reply, std::str
                     wire::CreateReply(fbb_, 0, reply_token, env, err).Union());
   SLUICE_RETURN_IF_ERROR(QueueBuiltFrame("Reply"));
   return MaybeWrite();
+}
+
+Result<uint64_t> Connection::BundleAsync(const BundleMessage& bundle) {
+  if (!broken_.ok()) return broken_;
+  uint64_t id = NextRequestId();
+  fbb_.Clear();
+  auto bytes = [this](std::string_view s) {
+    return fbb_.CreateVector(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+  };
+  std::vector<flatbuffers::Offset<wire::KvRead>> reads;
+  reads.reserve(bundle.reads.size());
+  for (const KvReadRecord& r : bundle.reads) reads.push_back(wire::CreateKvRead(fbb_, bytes(r.key), r.version));
+  std::vector<flatbuffers::Offset<wire::KvWrite>> writes;
+  writes.reserve(bundle.writes.size());
+  for (const KvWriteRecord& w : bundle.writes) {
+    auto key = bytes(w.key);
+    auto value = w.erase ? flatbuffers::Offset<flatbuffers::Vector<uint8_t>>() : bytes(w.value);
+    writes.push_back(wire::CreateKvWrite(fbb_, key, value, w.erase));
+  }
+  std::vector<flatbuffers::Offset<wire::Envelope>> publishes;
+  publishes.reserve(bundle.publishes.size());
+  for (const OutMessage& m : bundle.publishes) publishes.push_back(BuildEnvelope(m));
+  flatbuffers::Offset<wire::Envelope> reply;
+  if (bundle.reply.has_value()) reply = BuildEnvelope(*bundle.reply);
+  auto reply_error = bundle.reply_error.empty() ? flatbuffers::Offset<flatbuffers::String>()
+                                                : fbb_.CreateString(bundle.reply_error);
+  auto b = wire::CreateBundle(fbb_, id, bundle.consumer_id, bundle.delivery_id, bundle.version,
+                              reads.empty() ? 0 : fbb_.CreateVector(reads),
+                              writes.empty() ? 0 : fbb_.CreateVector(writes),
+                              publishes.empty() ? 0 : fbb_.CreateVector(publishes), reply, reply_error,
+                              bundle.reply_token);
+  wire::FinishFrame(fbb_, wire::Body::Bundle, b.Union());
+  SLUICE_RETURN_IF_ERROR(QueueBuiltFrame("Bundle"));
+  pending_.emplace(id, Pending::kBundle);
+  ++bundles_outstanding_;
+  (void)MaybeWrite();
+  return id;
+}
+
+std::optional<BundleAck> Connection::TakeBundleAck() {
+  if (bundles_done_.empty()) return std::nullopt;
+  BundleAck a = std::move(bundles_done_.front());
+  bundles_done_.pop_front();
+  return a;
+}
+
+Status Connection::Poll(std::chrono::milliseconds timeout) {
+  if (!broken_.ok()) return broken_;
+  return Pump(DeadlineAfter(timeout), /*until_flushed=*/false);
 }
 
 Result<nlohmann::json> Connection::Admin(std::string_view command, const nlohmann::json& args,

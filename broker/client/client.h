@@ -8,9 +8,9 @@
 // wants it: deliveries in a queue, acks of asynchronous publishes in arrival order, and the answers of
 // the waiting request by request_id. An answer that arrives after its call timed out is dropped.
 //
-// Output is buffered: PublishAsync, Ack, Nack, AddCredit and Reply only queue their frame; the queue is
-// written by the next call that waits, by Flush(), or as soon as it passes 64 KiB, so pipelined frames
-// leave in few large writes. While writing, the connection keeps reading, so a peer that writes to us
+// Output is buffered: PublishAsync, BundleAsync, Ack, Nack, AddCredit and Reply only queue their
+// frame; the queue is written by the next call that waits, by Flush(), or as soon as it passes 64 KiB,
+// so pipelined frames leave in few large writes. While writing, the connection keeps reading, so a peer that writes to us
 // before it reads can never deadlock it.
 //
 // Failure modes, each a Status:
@@ -87,6 +87,7 @@ struct SubscribeOptions {
   uint32_t max_deliveries = 0;  // 0 = server default
   uint32_t ack_wait_ms = 0;     // 0 = server default
   uint32_t credit = 64;         // initial credit; the caller tops it up with AddCredit()
+  uint32_t max_crashes = 0;     // 0 = server default; plugin workers pass their [[plugin]] max_crashes
 };
 
 // One Deliver frame. Owns a copy of the envelope bytes (8-byte aligned, already verified by the frame
@@ -127,6 +128,39 @@ class Delivery {
   size_t size_ = 0;
 };
 
+// A plugin handler's effects (protocol.fbs, Bundle): the writes to its keyspace with the versions of the
+// keys it read, its publishes (each with its derived id set) and its reply, committed by the broker
+// together with the ack of delivery `delivery_id`. Only a plugin worker's connection may send one.
+struct KvReadRecord {
+  std::string key;
+  uint64_t version = 0;  // 0: the key was absent
+};
+struct KvWriteRecord {
+  std::string key;
+  std::string value;
+  bool erase = false;
+};
+struct BundleMessage {
+  uint64_t consumer_id = 0;
+  uint64_t delivery_id = 0;
+  uint64_t version = 0;  // stamped on every written key; unique per bundle, non-zero
+  std::vector<KvReadRecord> reads;
+  std::vector<KvWriteRecord> writes;
+  std::vector<OutMessage> publishes;
+  uint64_t reply_token = 0;  // the input's Deliver.reply_token; 0: no reply
+  std::optional<OutMessage> reply;
+  std::string reply_error;
+};
+
+// The answer to one BundleAsync(): the broker's BundleAck, or (error not OK) its Error frame for the
+// request, e.g. kPermissionDenied on a connection that is not a plugin worker's.
+struct BundleAck {
+  uint64_t request_id = 0;
+  Status error;
+  wire::BundleStatus status = wire::BundleStatus::Committed;
+  std::string message;
+};
+
 // The answer to a Request. `error` non-empty means the responder failed the request; the other
 // fields then hold whatever envelope it sent along (often nothing).
 struct ReplyMessage {
@@ -149,6 +183,10 @@ class Connection {
   // Hello (e.g. UnsupportedVersion) is returned as the status, with the server's message.
   static Result<std::unique_ptr<Connection>> Connect(const std::filesystem::path& socket,
                                                      const ConnectOptions& options = {});
+  // The same over a socket that is already connected, such as the end of a socket pair a plugin worker
+  // inherits from sluiced. Takes ownership of `fd` (closed on failure too), makes it non-blocking and
+  // close-on-exec, and runs the Hello exchange.
+  static Result<std::unique_ptr<Connection>> FromFd(int fd, const ConnectOptions& options = {});
 
   // Writes what is still queued if the socket takes it without waiting, then closes the socket.
   // Use Close() to be sure queued frames (an Ack) went out.
@@ -195,6 +233,21 @@ class Connection {
   // Answers a Deliver that carried `reply_token`. A non-empty `error` fails the request.
   Status Reply(uint64_t reply_token, const OutMessage& reply, std::string_view error = {});
 
+  // Plugin workers: queues a Bundle and returns its request_id. Bundles pipeline; collect the answers
+  // with TakeBundleAck() after Poll() or any other call that waits.
+  Result<uint64_t> BundleAsync(const BundleMessage& bundle);
+  // The next answered bundle, in arrival order; nullopt when none has been answered yet.
+  std::optional<BundleAck> TakeBundleAck();
+  // Bundles sent and not yet returned by TakeBundleAck().
+  size_t bundles_outstanding() const { return bundles_outstanding_ + bundles_done_.size(); }
+
+  // Writes what is queued and waits up to `timeout` for frames to arrive, which are queued for the calls
+  // that take them (Receive, TakeBundleAck, ...). OK after a read, kTimeout when nothing came, the
+  // broken status once broken. Lets a caller wait for "whatever comes next" in one place.
+  Status Poll(std::chrono::milliseconds timeout);
+  // Deliveries received and not yet taken by Receive().
+  size_t deliveries_queued() const { return deliveries_.size(); }
+
   // An admin command (admin socket only). AdminResponse.code != 0 becomes a Status with the response's
   // message: 2 (bad arguments) kInvalidArgument, 3 (unknown command) kNotFound, others (1: the
   // operation failed) kUnavailable.
@@ -219,7 +272,7 @@ class Connection {
 
  private:
   using Clock = std::chrono::steady_clock;
-  enum class Pending { kPublish, kPublishAsync, kSubscribe, kRequest, kAdmin };
+  enum class Pending { kPublish, kPublishAsync, kSubscribe, kRequest, kAdmin, kBundle };
   struct AdminAnswer {
     int code = 0;
     std::string message;
@@ -232,11 +285,13 @@ class Connection {
     uint64_t consumer_id = 0;
     ReplyMessage reply;
     AdminAnswer admin;
+    BundleAck bundle;
   };
 
   Connection(int fd, const ConnectOptions& options);
 
-  Status RunHello(const std::filesystem::path& socket);
+  // `peer` names the other end in the timeout message (a socket path, "fd 3").
+  Status RunHello(const std::string& peer);
   // Checks the frame built in fbb_ against send_limit_ and appends it to the output queue (first
   // waiting for the queue to drain when it is very long). `what` names the frame in errors.
   Status QueueBuiltFrame(const char* what);
@@ -288,6 +343,8 @@ class Connection {
   // Answered asynchronous publishes in arrival order: (request_id, ack or error).
   std::deque<std::pair<uint64_t, Result<PublishAck>>> async_done_;
   uint64_t last_async_request_id_ = 0;
+  size_t bundles_outstanding_ = 0;  // pending_ entries of kind kBundle
+  std::deque<BundleAck> bundles_done_;
   std::deque<Delivery> deliveries_;
   std::deque<Status> stray_errors_;
   std::string last_error_message_;  // of the latest non-fatal Error frame, for the close message

@@ -70,7 +70,8 @@ class KeyspaceReader {
   // until fn returns false. Needs an active snapshot.
   Status Scan(std::string_view prefix, const ScanFn& fn);
 
-  // Stale reader slots cleared when opening (for logs and tests).
+  // Stale reader slots cleared when opening, as LMDB counts them (for the log; LMDB may clear slots
+  // while counting 0 when it recovers its reader mutex from a dead owner).
   int stale_readers_cleared() const { return stale_readers_cleared_; }
 
  private:

@@ -357,6 +357,30 @@ TEST_P(BackendSemanticsTest, RedeliveryAfterDetach) {
   AckAll(b, cb);
 }
 
+TEST_P(BackendSemanticsTest, CrashedConsumersMakeAMessagePoison) {
+  Open();
+  SubscriptionConfig c = Sub("t", "s");
+  c.max_deliveries = 10;
+  c.max_crashes = 2;
+  Sink first, second, third;
+  uint64_t c1 = Subscribe(c, &first, 1);
+  PublishN("t", 1);
+  Settle();
+  ASSERT_EQ(first.got.size(), 1u);
+  uint64_t c2 = Subscribe(c, &second, 1);
+  backend_->Detach(c1, /*crashed=*/true);
+  Settle();
+  ASSERT_EQ(second.got.size(), 1u) << "one crash: delivered again";
+  Subscribe(c, &third, 1);
+  backend_->Detach(c2, /*crashed=*/true);
+  Settle();
+  EXPECT_TRUE(third.got.empty()) << "two crashes: poison, not delivered again";
+  auto dead = backend_->ListDeadLetters("t", "s", 10);
+  ASSERT_TRUE(dead.ok());
+  ASSERT_EQ(dead->size(), 1u);
+  EXPECT_EQ((*dead)[0].reason.rfind("poison", 0), 0u) << (*dead)[0].reason;
+}
+
 TEST_P(BackendSemanticsTest, NackFollowsBackoff) {
   Open();
   Sink sink;
@@ -742,8 +766,8 @@ TEST_P(BackendSemanticsTest, SubscriptionBacklogSkipsOldest) {
 }
 
 TEST_P(BackendSemanticsTest, MapFullRefusesPublishesWhileConsumersDrain) {
-  options_.broker.map_size = 256 << 10;
-  options_.broker.max_map_size = 256 << 10;
+  options_.broker.map_size = 512 << 10;
+  options_.broker.max_map_size = 512 << 10;
   Open();
   Sink sink;
   uint64_t id = Subscribe(Sub("t", "s"), &sink, 0);

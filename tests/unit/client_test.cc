@@ -6,6 +6,7 @@
 // joined before the test ends; every wait on either side is bounded (the server gives up after 3 s).
 #include "broker/client/client.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -839,6 +840,7 @@ TEST(ClientConsume, SubscribeAndFireAndForgetFrames) {
     EXPECT_EQ(sub->max_deliveries(), 3u);
     EXPECT_EQ(sub->ack_wait_ms(), 1500u);
     EXPECT_EQ(sub->credit(), 8u);
+    EXPECT_EQ(sub->max_crashes(), 4u);
     peer.Send(SubscribeOkFrame(sub->request_id(), 55));
 
     f = peer.Expect(Body::Ack);
@@ -874,6 +876,7 @@ TEST(ClientConsume, SubscribeAndFireAndForgetFrames) {
   options.max_deliveries = 3;
   options.ack_wait_ms = 1500;
   options.credit = 8;
+  options.max_crashes = 4;
   auto consumer = conn->Subscribe(options);
   ASSERT_TRUE(consumer.ok()) << consumer.status().ToString();
   EXPECT_EQ(*consumer, 55u);
@@ -1103,6 +1106,166 @@ TEST(ClientRaw, SendRawWritesTheBytesAsGiven) {
   conn.reset();
   server.Join();
   EXPECT_EQ(received, "PublishAck");
+}
+
+// --- plugin workers: a socket pair and bundles -------------------------------------------------------
+
+std::string BundleAckFrame(uint64_t request_id, wire::BundleStatus status, std::string_view message) {
+  flatbuffers::FlatBufferBuilder fbb;
+  auto m = fbb.CreateString(message.data(), message.size());
+  wire::FinishFrame(fbb, Body::BundleAck, wire::CreateBundleAck(fbb, request_id, status, m).Union());
+  return Bytes(fbb);
+}
+
+std::string_view VecView(const flatbuffers::Vector<uint8_t>* v) {
+  return v == nullptr ? std::string_view()
+                      : std::string_view(reinterpret_cast<const char*>(v->data()), v->size());
+}
+
+TEST(ClientFromFd, HelloOverASocketPairThenPipelinedBundles) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  std::thread server([fd = sv[0]] {
+    Peer peer(fd);
+    peer.Handshake();
+    const wire::Frame* f = peer.Expect(Body::Bundle);
+    ASSERT_NE(f, nullptr);
+    const auto* b = f->body_as_Bundle();
+    EXPECT_EQ(b->consumer_id(), 7u);
+    EXPECT_EQ(b->delivery_id(), 8u);
+    EXPECT_EQ(b->version(), 99u);
+    ASSERT_NE(b->reads(), nullptr);
+    ASSERT_EQ(b->reads()->size(), 2u);
+    EXPECT_EQ(VecView(b->reads()->Get(0)->key()), "a");
+    EXPECT_EQ(b->reads()->Get(0)->version(), 5u);
+    EXPECT_EQ(b->reads()->Get(1)->version(), 0u);
+    ASSERT_NE(b->writes(), nullptr);
+    ASSERT_EQ(b->writes()->size(), 2u);
+    EXPECT_EQ(VecView(b->writes()->Get(0)->key()), "a");
+    EXPECT_EQ(VecView(b->writes()->Get(0)->value()), std::string("v\0w", 3));
+    EXPECT_FALSE(b->writes()->Get(0)->delete_());
+    EXPECT_TRUE(b->writes()->Get(1)->delete_());
+    ASSERT_NE(b->publishes(), nullptr);
+    ASSERT_EQ(b->publishes()->size(), 1u);
+    const wire::Envelope* e = b->publishes()->Get(0);
+    EXPECT_EQ(View(e->topic()), "out");
+    EXPECT_EQ(View(e->causation_id()), "cause");
+    ASSERT_NE(e->id(), nullptr);
+    EXPECT_EQ(e->id()->lo(), 2u);
+    EXPECT_EQ(b->reply_token(), 12u);
+    ASSERT_NE(b->reply(), nullptr);
+    EXPECT_EQ(VecView(b->reply()->payload()), "answer");
+    uint64_t first = b->request_id();
+    f = peer.Expect(Body::Bundle);
+    ASSERT_NE(f, nullptr);
+    EXPECT_EQ(f->body_as_Bundle()->reads(), nullptr);  // empty lists are left out
+    peer.Send(BundleAckFrame(first, wire::BundleStatus::Committed, ""));
+    EXPECT_TRUE(peer.WaitForEof());
+  });
+
+  ConnectOptions options;
+  options.name = "plugin test[0]";
+  auto conn = Connection::FromFd(sv[1], options);
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  EXPECT_EQ((*conn)->server_version(), "sluiced 9.9.9");
+  EXPECT_FALSE((*conn)->TakeBundleAck().has_value());
+
+  BundleMessage bundle;
+  bundle.consumer_id = 7;
+  bundle.delivery_id = 8;
+  bundle.version = 99;
+  bundle.reads = {{"a", 5}, {"b", 0}};
+  bundle.writes = {{"a", std::string("v\0w", 3), false}, {"c", "", true}};
+  OutMessage out;
+  out.topic = "out";
+  out.causation_id = "cause";
+  out.id = Uuid{1, 2};
+  bundle.publishes.push_back(out);
+  bundle.reply_token = 12;
+  OutMessage reply;
+  reply.payload = "answer";
+  bundle.reply = reply;
+  auto first = (*conn)->BundleAsync(bundle);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  auto second = (*conn)->BundleAsync(BundleMessage{.consumer_id = 7, .delivery_id = 9, .version = 100});
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ((*conn)->bundles_outstanding(), 2u);
+
+  std::optional<BundleAck> ack;
+  auto deadline = std::chrono::steady_clock::now() + 3s;
+  while (!ack && std::chrono::steady_clock::now() < deadline) {
+    Status s = (*conn)->Poll(100ms);
+    ASSERT_TRUE(s.ok() || s.code() == StatusCode::kTimeout) << s.ToString();
+    ack = (*conn)->TakeBundleAck();
+  }
+  ASSERT_TRUE(ack.has_value());
+  EXPECT_EQ(ack->request_id, *first);
+  EXPECT_TRUE(ack->error.ok());
+  EXPECT_EQ(ack->status, wire::BundleStatus::Committed);
+  EXPECT_EQ((*conn)->bundles_outstanding(), 1u);
+  (*conn).reset();
+  server.join();
+}
+
+TEST(ClientFromFd, AnswersComeBackInArrivalOrder) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  std::thread server([fd = sv[0]] {
+    Peer peer(fd);
+    peer.Handshake();
+    const wire::Frame* f = peer.Expect(Body::Bundle);
+    ASSERT_NE(f, nullptr);
+    uint64_t first = f->body_as_Bundle()->request_id();
+    f = peer.Expect(Body::Bundle);
+    ASSERT_NE(f, nullptr);
+    uint64_t second = f->body_as_Bundle()->request_id();
+    peer.Send(BundleAckFrame(first, wire::BundleStatus::Conflict, "key a changed"));
+    peer.Send(ErrorFrame(second, ErrorCode::PermissionDenied, "not a plugin connection", false));
+    EXPECT_TRUE(peer.WaitForEof());
+  });
+  auto conn = Connection::FromFd(sv[1]);
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  auto first = (*conn)->BundleAsync(BundleMessage{.consumer_id = 1, .delivery_id = 1, .version = 1});
+  auto second = (*conn)->BundleAsync(BundleMessage{.consumer_id = 1, .delivery_id = 2, .version = 2});
+  ASSERT_TRUE(first.ok() && second.ok());
+  std::vector<BundleAck> acks;
+  auto deadline = std::chrono::steady_clock::now() + 3s;
+  while (acks.size() < 2 && std::chrono::steady_clock::now() < deadline) {
+    Status s = (*conn)->Poll(100ms);
+    ASSERT_TRUE(s.ok() || s.code() == StatusCode::kTimeout) << s.ToString();
+    while (auto a = (*conn)->TakeBundleAck()) acks.push_back(std::move(*a));
+  }
+  ASSERT_EQ(acks.size(), 2u);
+  EXPECT_EQ(acks[0].request_id, *first);
+  EXPECT_TRUE(acks[0].error.ok());
+  EXPECT_EQ(acks[0].status, wire::BundleStatus::Conflict);
+  EXPECT_EQ(acks[0].message, "key a changed");
+  EXPECT_EQ(acks[1].request_id, *second);
+  EXPECT_EQ(acks[1].error.code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(acks[1].error.message(), "not a plugin connection");
+  EXPECT_EQ((*conn)->bundles_outstanding(), 0u);
+  EXPECT_FALSE((*conn)->closed());
+  // Nothing more comes: Poll times out.
+  EXPECT_EQ((*conn)->Poll(20ms).code(), StatusCode::kTimeout);
+  (*conn).reset();
+  server.join();
+}
+
+TEST(ClientFromFd, RefusesABadFdAndClosesItOnAFailedHello) {
+  auto bad = Connection::FromFd(-1);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  ::close(sv[0]);  // nobody at the other end
+  ConnectOptions options;
+  options.timeout = 200ms;
+  auto conn = Connection::FromFd(sv[1], options);
+  ASSERT_FALSE(conn.ok());
+  EXPECT_EQ(conn.status().code(), StatusCode::kUnavailable) << conn.status().ToString();
+  // The fd was taken over and closed.
+  EXPECT_EQ(::fcntl(sv[1], F_GETFD), -1);
 }
 
 }  // namespace

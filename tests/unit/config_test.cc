@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 #include <gmock/gmock.h>
+#include <nlohmann/json.hpp>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
@@ -176,6 +177,114 @@ on_full = "skip"
   EXPECT_EQ(s.backoff.multiplier, 1.5);
   EXPECT_EQ(s.max_backlog, 500u);
   EXPECT_EQ(s.on_full, BacklogFullPolicy::kSkip);
+}
+
+TEST(ConfigTest, ReadsEveryPluginKey) {
+  const Config c = Parse(R"(
+[daemon]
+plugin_dir = "/opt/sluice/plugins"
+[[subscription]]
+topic = "orders"
+name = "mail"
+max_crashes = 7
+[[plugin]]
+name = "order"
+path = "lib/order-2.so"
+instances = 4
+enabled = false
+handler_timeout = "2s"
+restart_backoff_initial = "250ms"
+restart_backoff_max = "1m"
+max_restarts = 9
+restart_window = "5m"
+max_crashes = 2
+config = { relay = "smtp://localhost:25", retries = 3, ratio = 0.5, tls = true, to = ["a", "b"], nested = { x = 1 } }
+[[plugin]]
+name = "inventory"
+)",
+                         "/etc/sluice/sluice.toml");
+  EXPECT_EQ(c.daemon.plugin_dir, "/opt/sluice/plugins");
+  ASSERT_EQ(c.subscriptions.size(), 1u);
+  EXPECT_EQ(c.subscriptions[0].max_crashes, 7u);
+  ASSERT_EQ(c.plugins.size(), 2u);
+  const PluginConfig& p = c.plugins[0];
+  EXPECT_EQ(p.name, "order");
+  EXPECT_EQ(p.path, "/etc/sluice/lib/order-2.so");  // relative to the file
+  EXPECT_EQ(p.instances, 4u);
+  EXPECT_FALSE(p.enabled);
+  EXPECT_EQ(p.handler_timeout, seconds(2));
+  EXPECT_EQ(p.restart_backoff_initial, milliseconds(250));
+  EXPECT_EQ(p.restart_backoff_max, minutes(1));
+  EXPECT_EQ(p.max_restarts, 9u);
+  EXPECT_EQ(p.restart_window, minutes(5));
+  EXPECT_EQ(p.max_crashes, 2u);
+  EXPECT_EQ(nlohmann::json::parse(p.config_json),
+            nlohmann::json::parse(R"({"relay":"smtp://localhost:25","retries":3,"ratio":0.5,"tls":true,)"
+                                  R"("to":["a","b"],"nested":{"x":1}})"));
+  // Defaults, and the path from daemon.plugin_dir.
+  const PluginConfig& q = c.plugins[1];
+  EXPECT_EQ(q.path, "/opt/sluice/plugins/inventory.so");
+  EXPECT_EQ(q.instances, 1u);
+  EXPECT_TRUE(q.enabled);
+  EXPECT_EQ(q.handler_timeout, seconds(30));
+  EXPECT_EQ(q.restart_backoff_initial, milliseconds(100));
+  EXPECT_EQ(q.restart_backoff_max, seconds(30));
+  EXPECT_EQ(q.max_restarts, 5u);
+  EXPECT_EQ(q.restart_window, seconds(60));
+  EXPECT_EQ(q.max_crashes, 3u);
+  EXPECT_EQ(q.config_json, "{}");
+  // Without plugin_dir the build's plugin folder is the default.
+  EXPECT_EQ(Parse("[[plugin]]\nname = \"x\"\n").plugins[0].path, fs::path(SLUICE_PLUGINDIR) / "x.so");
+}
+
+TEST(ConfigErrorTest, PluginEntries) {
+  EXPECT_EQ(Error("[[plugin]]\nname = \"Order\"\n"),
+            "sluice.toml:2: plugin.name: \"Order\" is not a valid plugin name (1 to 64 characters of a-z 0-9 _ -)");
+  EXPECT_EQ(Error("[[plugin]]\npath = \"/x.so\"\n"), "sluice.toml:1: plugin.name: missing (every [[plugin]] needs one)");
+  EXPECT_EQ(Error("[[plugin]]\nname = \"a\"\ninstances = 65\n"),
+            "sluice.toml:3: plugin.instances: 65 is out of range (1..64)");
+  EXPECT_EQ(Error("[[plugin]]\nname = \"a\"\nconfig = 5\n"),
+            "sluice.toml:3: plugin.config: expected a table such as { relay = \"smtp://localhost\" }, got an integer");
+  EXPECT_EQ(Error("[[plugin]]\nname = \"a\"\nconfig = { x = nan }\n"),
+            "sluice.toml:3: plugin.config: inf and nan have no JSON form");
+  EXPECT_EQ(Error("[[plugin]]\nname = \"a\"\nrestart_backoff_initial = \"1m\"\nrestart_backoff_max = \"1s\"\n"),
+            "sluice.toml:4: plugin.restart_backoff_max: 1s is shorter than restart_backoff_initial (1m)");
+  EXPECT_EQ(Error("[[plugin]]\nname = \"a\"\n[[plugin]]\nname = \"a\"\n"),
+            "sluice.toml:3: plugin.name: duplicate plugin \"a\" (first defined at sluice.toml:1)");
+  EXPECT_EQ(Error("[[subscription]]\ntopic = \"t\"\nname = \"s\"\nmax_crashes = 0\n"),
+            "sluice.toml:4: subscription.max_crashes: 0 is out of range (1..1000)");
+}
+
+TEST(LoadConfigTest, PluginDropInsComeLastAndHoldOnlyPlugins) {
+  TempDir dir;
+  const fs::path main = dir.Write("sluice.toml", "[[plugin]]\nname = \"order\"\n");
+  const fs::path conf = dir.Write("conf.d/10-a.toml", "[daemon]\nplugin_dir = \"/p\"\n");
+  const fs::path b = dir.Write("plugins.d/20-notification.toml", "[[plugin]]\nname = \"notification\"\n");
+  const fs::path a = dir.Write("plugins.d/10-analytics.toml",
+                               "[[plugin]]\nname = \"analytics\"\nconfig = { window = \"1h\" }\n");
+  dir.Write("plugins.d/analytics.toml.disabled", "not toml");
+  Result<Config> r = LoadConfig(main);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_THAT(r->sources, ElementsAre(main, conf, a, b));
+  ASSERT_EQ(r->plugins.size(), 3u);
+  EXPECT_EQ(r->plugins[0].name, "order");
+  EXPECT_EQ(r->plugins[1].name, "analytics");
+  EXPECT_EQ(r->plugins[1].path, "/p/analytics.so");
+  EXPECT_EQ(r->plugins[1].config_json, "{\"window\":\"1h\"}");
+  EXPECT_EQ(r->plugins[2].name, "notification");
+
+  dir.Write("plugins.d/30-bad.toml", "[[plugin]]\nname = \"x\"\n[broker]\ndurability = \"none\"\n");
+  r = LoadConfig(main);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(), (dir.path() / "plugins.d/30-bad.toml").string() +
+                                      ":3: broker: a plugins.d file holds only [[plugin]] tables (put this in "
+                                      "conf.d/)");
+  dir.Write("plugins.d/30-bad.toml", "[[plugin]]\nname = \"order\"\n");
+  r = LoadConfig(main);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(), (dir.path() / "plugins.d/30-bad.toml").string() +
+                                      ":1: plugin.name: duplicate plugin \"order\" (first defined at " +
+                                      main.string() + ":1)");
 }
 
 TEST(ConfigTest, ReadsEveryStartPoint) {
@@ -510,7 +619,25 @@ Config NonDefaultConfig() {
   s.start_time_us = 0;
   s.start_seq = 99;
   s.backoff.multiplier = 100;
+  s.max_crashes = 9;
   c.subscriptions.push_back(s);
+  c.daemon.plugin_dir = "/opt/plugins";
+  PluginConfig p;
+  p.name = "order";
+  p.path = "/opt/plugins/order.so";
+  c.plugins.push_back(p);
+  p.name = "an-alytics_2";
+  p.path = "/elsewhere/a \"b\".so";
+  p.instances = 64;
+  p.enabled = false;
+  p.handler_timeout = milliseconds(1500);
+  p.restart_backoff_initial = seconds(1);
+  p.restart_backoff_max = hours(1);
+  p.max_restarts = 1;
+  p.restart_window = minutes(10);
+  p.max_crashes = 1000;
+  p.config_json = R"({"a":{"b":[1,-2.5,"x\ny",true,{}]},"key with space":"\"q\"","t":[]})";
+  c.plugins.push_back(p);
   return c;
 }
 
@@ -616,11 +743,12 @@ TEST(KnownConfigKeysTest, ListsEverySectionOnce) {
   const std::vector<std::string> keys = KnownConfigKeys();
   const std::set<std::string> unique(keys.begin(), keys.end());
   EXPECT_EQ(unique.size(), keys.size());
-  EXPECT_EQ(keys.size(), 9u + 9u + 6u + 11u);
+  EXPECT_EQ(keys.size(), 10u + 9u + 6u + 12u + 11u);
   for (const char* key :
        {"daemon.data_dir", "daemon.shutdown_timeout", "broker.durability", "broker.default_ack_wait",
         "topic.name", "topic.retention_max_bytes", "subscription.topic", "subscription.start",
-        "subscription.backoff_multiplier", "subscription.on_full"}) {
+        "subscription.backoff_multiplier", "subscription.on_full", "subscription.max_crashes",
+        "daemon.plugin_dir", "plugin.name", "plugin.config", "plugin.restart_window"}) {
     EXPECT_TRUE(unique.contains(key)) << key;
   }
 }
@@ -659,6 +787,7 @@ TEST(ShippedConfigTest, DefaultConfigDocumentsEveryKey) {
   const Config examples = Parse(text, "/etc/sluice/sluice.toml");
   EXPECT_EQ(examples.topics.size(), 1u);
   EXPECT_EQ(examples.subscriptions.size(), 1u);
+  EXPECT_EQ(examples.plugins.size(), 1u);
   // Each key is set in its own section: scan the sections the way TOML does.
   std::set<std::string> present;
   std::istringstream in(text);

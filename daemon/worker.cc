@@ -1,0 +1,684 @@
+// SPDX-License-Identifier: MIT
+#include "daemon/worker.h"
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "broker/backend.h"
+#include "broker/client/client.h"
+#include "broker/store/keyspace_reader.h"
+#include "broker/uuid.h"
+#include "daemon/handler_run.h"
+#include "daemon/log.h"
+#include "daemon/plugin_loader.h"
+
+namespace sluice {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+// Bundles sent and not yet answered. Enough to keep the broker's group commit busy; bounded so that a
+// stalled broker cannot make the worker hold unbounded state.
+constexpr size_t kMaxBundlesInFlight = 512;
+// How long an idle worker waits for the socket before it looks at its stop flag again.
+constexpr auto kIdlePoll = 100ms;
+constexpr auto kStatsInterval = 1s;
+// On SIGTERM: how long to wait for the answers to bundles already sent.
+constexpr auto kDrainTimeout = 10s;
+constexpr auto kConnectTimeout = 10s;
+
+std::atomic<bool> g_stop{false};
+
+extern "C" void OnStopSignal(int) { g_stop.store(true, std::memory_order_relaxed); }
+
+int64_t SteadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+LogLevel PluginLevel(int level) {
+  if (level <= SLUICE_LOG_ERROR) return LogLevel::kError;
+  if (level >= SLUICE_LOG_DEBUG) return LogLevel::kDebug;
+  return static_cast<LogLevel>(level);
+}
+
+// Kills this process when one handle() (or init()) call runs past the timeout. The handler thread
+// only stores two atomics per call; this thread looks at them a few times per timeout.
+class Watchdog {
+ public:
+  explicit Watchdog(Duration timeout)
+      : timeout_ns_(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count()) {
+    auto tick = std::clamp<Duration>(timeout / 10, Duration(5), Duration(100));
+    thread_ = std::thread([this, tick] { Loop(tick); });
+  }
+  ~Watchdog() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+
+  // `seq` names the message in the log line (0: init()).
+  void Arm(uint64_t seq) {
+    seq_.store(seq, std::memory_order_relaxed);
+    since_ns_.store(SteadyNs(), std::memory_order_release);
+  }
+  void Disarm() { since_ns_.store(0, std::memory_order_release); }
+
+ private:
+  void Loop(Duration tick) {
+    std::unique_lock lock(mu_);
+    while (!stop_) {
+      cv_.wait_for(lock, tick);
+      int64_t since = since_ns_.load(std::memory_order_acquire);
+      if (since == 0 || SteadyNs() - since <= timeout_ns_) continue;
+      uint64_t seq = seq_.load(std::memory_order_relaxed);
+      log::Error("{} ran longer than handler_timeout ({}); killing this worker, the message will be redelivered",
+                 seq == 0 ? std::string("init()") : fmt::format("handle() of message seq {}", seq),
+                 FormatDuration(Duration(timeout_ns_ / 1000000)));
+      ::kill(::getpid(), SIGKILL);
+    }
+  }
+
+  const int64_t timeout_ns_;
+  std::atomic<int64_t> since_ns_{0};
+  std::atomic<uint64_t> seq_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+// JSON lines to the supervisor. Blocking writes of small lines; a supervisor that is gone is ignored
+// (the broker socket tells the worker soon enough).
+class StatusChannel {
+ public:
+  explicit StatusChannel(int fd) : fd_(fd) {}
+  void Send(const json& event) {
+    if (fd_ < 0) return;
+    std::string line = event.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+    const char* p = line.data();
+    size_t left = line.size();
+    while (left > 0) {
+      ssize_t n = ::write(fd_, p, left);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        fd_ = -1;
+        return;
+      }
+      p += n;
+      left -= static_cast<size_t>(n);
+    }
+  }
+
+ private:
+  int fd_;
+};
+
+class ReaderSnapshot final : public KvSnapshot {
+ public:
+  explicit ReaderSnapshot(broker::store::KeyspaceReader* reader) : reader_(reader) {}
+  Result<std::optional<Entry>> Get(std::string_view key) override {
+    auto r = reader_->Get(key);
+    if (!r.ok()) return r.status();
+    if (!r->has_value()) return std::optional<Entry>();
+    return std::optional<Entry>(Entry{(*r)->version, (*r)->value});
+  }
+  Status Scan(std::string_view prefix, const ScanFn& fn) override {
+    return reader_->Scan(prefix, [&fn](std::string_view key, const broker::store::KeyspaceReader::Entry& e) {
+      return fn(key, Entry{e.version, e.value});
+    });
+  }
+
+ private:
+  broker::store::KeyspaceReader* reader_;
+};
+
+class Worker {
+ public:
+  explicit Worker(const WorkerOptions& options)
+      : options_(options),
+        status_(options.status_fd),
+        watchdog_(options.handler_timeout),
+        suspects_(options.suspects.begin(), options.suspects.end()) {
+    if (options.in_hand_fd >= 0) {
+      void* page = ::mmap(nullptr, kInHandPageBytes, PROT_READ | PROT_WRITE, MAP_SHARED, options.in_hand_fd, 0);
+      if (page != MAP_FAILED) in_hand_ = static_cast<InHandPage*>(page);
+      ::close(options.in_hand_fd);
+    }
+  }
+  ~Worker() {
+    if (in_hand_ != nullptr) ::munmap(in_hand_, kInHandPageBytes);
+  }
+
+  int Run();
+
+ private:
+  // A delivery held by this worker, in arrival order.
+  struct Held {
+    client::Delivery delivery;
+    uint64_t order = 0;
+  };
+  struct Sent {
+    Held held;
+    uint64_t version = 0;
+  };
+
+  int Setup();
+  void Loop();
+  void RunOne(Held held);
+  void OnAnswer(client::BundleAck answer);
+  // The message is done with (acked, nacked or lost): its consumer may have one more.
+  void Finished(const Held& held);
+  void FlushCredit(bool all);
+  void ReportStats(bool force);
+  void Drain();
+  uint64_t NextVersion();
+  uint32_t PrefetchOf(uint64_t consumer_id) const;
+
+  WorkerOptions options_;
+  StatusChannel status_;
+  Watchdog watchdog_;
+  std::unique_ptr<LoadedPlugin> plugin_;
+  void* state_ = nullptr;
+  bool initialized_ = false;
+  std::unique_ptr<broker::store::KeyspaceReader> reader_;
+  std::unique_ptr<ReaderSnapshot> snapshot_;
+  std::unique_ptr<client::Connection> conn_;
+  std::filesystem::path plugin_data_dir_;
+  RunHost host_;
+
+  std::unordered_map<uint64_t, size_t> subscription_of_;  // consumer id -> descriptor subscription
+  std::unordered_map<uint64_t, uint32_t> credit_owed_;
+  std::unordered_map<uint64_t, Sent> sent_;               // by bundle request id
+  std::map<uint64_t, Held> reruns_;                       // by arrival order
+  // Messages that were in hand when an earlier worker died. One is run only when this worker holds
+  // nothing else (no queued delivery, no unanswered bundle) and credit is withheld meanwhile, so a
+  // crash on it cannot count against other messages.
+  std::set<Uuid> suspects_;
+  std::deque<Held> quarantine_;
+  InHandPage* in_hand_ = nullptr;
+  PendingWrites pending_;
+  uint64_t next_order_ = 1;
+  uint64_t version_nonce_ = 0;
+  uint64_t version_counter_ = 0;
+
+  struct Counts {
+    uint64_t handled = 0, retried = 0, rejected = 0, conflicts = 0, lease_lost = 0, refused = 0;
+    friend bool operator==(const Counts&, const Counts&) = default;
+  };
+  Counts counts_;
+  Counts reported_;
+  size_t reported_in_flight_ = SIZE_MAX;
+  std::chrono::steady_clock::time_point next_report_{};
+};
+
+int Worker::Setup() {
+  const std::string file = options_.plugin_path.string();
+  auto loaded = LoadedPlugin::Load(options_.plugin_path);
+  if (!loaded.ok()) {
+    log::Error("{}", loaded.status().message());
+    status_.Send({{"event", "refused"}, {"error", loaded.status().message()}});
+    return kExitRefused;
+  }
+  plugin_ = std::move(*loaded);
+  const PluginDescriptor& d = plugin_->descriptor();
+  if (d.name != options_.name) {
+    std::string error = fmt::format("{}: the plugin calls itself \"{}\" but is configured as \"{}\"", file,
+                                    d.name, options_.name);
+    log::Error("{}", error);
+    status_.Send({{"event", "refused"}, {"error", error}});
+    return kExitRefused;
+  }
+  json subs = json::array();
+  for (const PluginSubscription& s : d.subscriptions) subs.push_back({{"topic", s.topic}, {"name", s.name}});
+  status_.Send({{"event", "loaded"},
+                {"name", d.name},
+                {"version", d.version},
+                {"abi", fmt::format("{}.{}", d.abi_major, d.abi_minor)},
+                {"publishes", d.publishes},
+                {"subscriptions", subs}});
+
+  host_.plugin = d.name;
+  host_.publishes = &d.publishes;
+  host_.now_us = [] { return broker::SystemClock().NowUs(); };
+  host_.log = [](int level, std::string_view message) {
+    LogLevel l = PluginLevel(level);
+    if (l <= log::Level()) log::Write(l, message);
+  };
+  HandlerRun::SetDefaultHost(&host_);
+
+  auto reader = broker::store::KeyspaceReader::Open(options_.data_dir / "store", d.name);
+  if (!reader.ok()) {
+    log::Error("cannot read the plugin keyspace: {}", reader.status().message());
+    return kExitSetup;
+  }
+  reader_ = std::move(*reader);
+  if (reader_->stale_readers_cleared() > 0) {
+    log::Info("cleared {} stale reader slots left by killed workers", reader_->stale_readers_cleared());
+  }
+  snapshot_ = std::make_unique<ReaderSnapshot>(reader_.get());
+
+  plugin_data_dir_ = options_.data_dir / "plugins" / d.name;
+  std::error_code ec;
+  std::filesystem::create_directories(plugin_data_dir_, ec);
+  if (ec) {
+    log::Error("cannot create the plugin's data directory {}: {}", plugin_data_dir_.string(), ec.message());
+    return kExitSetup;
+  }
+
+  const sluice_plugin& cb = plugin_->callbacks();
+  if (cb.init != nullptr) {
+    sluice_plugin_init init{};
+    init.struct_size = sizeof init;
+    init.api = HandlerRun::Api();
+    init.config_json = options_.config_json.c_str();
+    std::string data_dir = plugin_data_dir_.string();
+    init.data_dir = data_dir.c_str();
+    init.instance = options_.instance;
+    watchdog_.Arm(0);
+    int rc = cb.init(&init, &state_);
+    watchdog_.Disarm();
+    if (rc != 0) {
+      std::string error =
+          fmt::format("init() failed: {} ({})", rc < 0 ? std::strerror(-rc) : "not a negative errno", rc);
+      log::Error("{}", error);
+      status_.Send({{"event", "error"}, {"error", error}});
+      return kExitSetup;
+    }
+  }
+  initialized_ = true;
+
+  client::ConnectOptions co;
+  co.name = fmt::format("plugin {}[{}] {}", d.name, options_.instance, d.version);
+  co.timeout = kConnectTimeout;
+  auto conn = client::Connection::FromFd(options_.broker_fd, co);
+  if (!conn.ok()) {
+    log::Error("cannot connect to the broker: {}", conn.status().message());
+    return kExitSetup;
+  }
+  conn_ = std::move(*conn);
+  for (size_t i = 0; i < d.subscriptions.size(); ++i) {
+    const PluginSubscription& s = d.subscriptions[i];
+    client::SubscribeOptions so;
+    so.topic = s.topic;
+    so.subscription = s.name;
+    so.start = s.start == SLUICE_START_EARLIEST ? wire::StartKind::Earliest : wire::StartKind::Latest;
+    so.ordering = s.ordering == SLUICE_ORDERING_KEY ? wire::Ordering::Key : wire::Ordering::None;
+    so.max_deliveries = s.max_deliveries;
+    so.ack_wait_ms = s.ack_wait_ms;
+    so.credit = s.prefetch;
+    so.max_crashes = options_.max_crashes;
+    auto consumer = conn_->Subscribe(so);
+    if (!consumer.ok()) {
+      log::Error("cannot subscribe to {}/{}: {}", s.topic, s.name, consumer.status().message());
+      return kExitSetup;
+    }
+    subscription_of_[*consumer] = i;
+  }
+  std::random_device rd;
+  version_nonce_ = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ static_cast<uint64_t>(SteadyNs());
+  status_.Send({{"event", "ready"}});
+  log::Info("running {} {} from {} ({} subscriptions)", d.name, d.version, file, d.subscriptions.size());
+  return 0;
+}
+
+uint64_t Worker::NextVersion() {
+  // Unique per bundle: a random base per process plus a counter. A re-run gets a new version, so a
+  // bundle that read a refused run's write can never pass the check against the re-run's.
+  uint64_t v;
+  do {
+    v = version_nonce_ + ++version_counter_;
+  } while (v == 0);
+  return v;
+}
+
+uint32_t Worker::PrefetchOf(uint64_t consumer_id) const {
+  auto it = subscription_of_.find(consumer_id);
+  if (it == subscription_of_.end()) return 1;
+  return plugin_->descriptor().subscriptions[it->second].prefetch;
+}
+
+void Worker::Finished(const Held& held) {
+  uint64_t consumer = held.delivery.consumer_id;
+  uint32_t& owed = credit_owed_[consumer];
+  ++owed;
+  // While a suspect waits to run alone, no new messages may arrive.
+  if (!quarantine_.empty()) return;
+  // Credit goes back in batches (a quarter of the prefetch), not one frame per message.
+  if (owed >= std::max<uint32_t>(1, PrefetchOf(consumer) / 4)) {
+    (void)conn_->AddCredit(consumer, owed);
+    owed = 0;
+  }
+}
+
+void Worker::FlushCredit(bool all) {
+  if (!all || !quarantine_.empty()) return;
+  for (auto& [consumer, owed] : credit_owed_) {
+    if (owed == 0) continue;
+    (void)conn_->AddCredit(consumer, owed);
+    owed = 0;
+  }
+}
+
+void Worker::RunOne(Held held) {
+  const client::Delivery& d = held.delivery;
+  const wire::Envelope& env = d.envelope();
+  auto str = [](std::string_view s) { return sluice_str{s.data(), s.size()}; };
+
+  sluice_message m{};
+  Uuid id = d.id();
+  for (int i = 0; i < 8; ++i) {
+    m.id[i] = static_cast<uint8_t>(id.hi >> (56 - 8 * i));
+    m.id[8 + i] = static_cast<uint8_t>(id.lo >> (56 - 8 * i));
+  }
+  m.topic = str(d.topic());
+  m.key = str(d.key());
+  m.type = str(d.type());
+  m.correlation_id = str(d.correlation_id());
+  m.causation_id = str(d.causation_id());
+  m.publish_time_us = d.publish_time_us();
+  m.seq = d.seq();
+  m.delivery_count = d.delivery_count;
+  m.is_request = d.reply_token != 0 ? 1 : 0;
+  std::vector<sluice_header> headers;
+  if (const auto* hs = env.headers(); hs != nullptr) {
+    headers.reserve(hs->size());
+    for (const wire::Header* h : *hs) {
+      std::string_view value = h->value() ? h->value()->string_view() : std::string_view();
+      headers.push_back({str(h->name()->string_view()), str(value)});
+    }
+  }
+  m.headers = headers.data();
+  m.n_headers = headers.size();
+  std::string_view payload = d.payload();
+  m.payload = {payload.data(), payload.size()};
+  auto sub = subscription_of_.find(d.consumer_id);
+  m.subscription = sub != subscription_of_.end()
+                       ? plugin_->descriptor().subscriptions[sub->second].name.c_str()
+                       : "";
+
+  RunInput input;
+  input.id = id;
+  input.id_text = FormatUuid(id);
+  input.correlation_id = std::string(d.correlation_id());
+  input.reply_token = d.reply_token;
+
+  Status begin = reader_->Begin();
+  if (!begin.ok()) {
+    log::Warning("message seq {}: cannot read the keyspace, retrying later: {}", m.seq, begin.message());
+    ++counts_.retried;
+    (void)conn_->Nack(d.consumer_id, d.delivery_id, 0, false, "the worker cannot read the plugin keyspace");
+    Finished(held);
+    return;
+  }
+  HandlerRun run(host_, input, snapshot_.get(), &pending_);
+  if (in_hand_ != nullptr) {
+    in_hand_->seq = m.seq;
+    in_hand_->id_hi = id.hi;
+    in_hand_->id_lo = id.lo;
+    in_hand_->busy.store(1, std::memory_order_release);
+  }
+  watchdog_.Arm(m.seq == 0 ? 1 : m.seq);
+  sluice_result r = plugin_->callbacks().handle(state_, &m, run.context());
+  watchdog_.Disarm();
+  if (in_hand_ != nullptr) in_hand_->busy.store(0, std::memory_order_release);
+  std::string reason = r.reason != nullptr ? std::string(r.reason, strnlen(r.reason, 4096)) : std::string();
+  reader_->End();
+
+  sluice_outcome outcome = r.outcome;
+  if (!run.failure().ok()) {
+    log::Warning("message seq {}: {}; retrying it", m.seq, run.failure().message());
+    outcome = SLUICE_RETRY;
+    reason = run.failure().message();
+    r.retry_after_ms = 0;
+  } else if (outcome != SLUICE_OK && outcome != SLUICE_RETRY && outcome != SLUICE_REJECT) {
+    reason = fmt::format("handle() returned the unknown outcome {}", static_cast<int>(outcome));
+    log::Warning("message seq {}: {}; retrying it", m.seq, reason);
+    outcome = SLUICE_RETRY;
+    r.retry_after_ms = 0;
+  }
+
+  switch (outcome) {
+    case SLUICE_OK: {
+      client::BundleMessage bundle = run.TakeBundle();
+      bundle.consumer_id = d.consumer_id;
+      bundle.delivery_id = d.delivery_id;
+      bundle.version = NextVersion();
+      auto request = conn_->BundleAsync(bundle);
+      if (!request.ok()) {
+        if (conn_->closed()) return;  // the loop notices and exits
+        // Too large for a frame: the effects can never be committed, so the message cannot succeed.
+        std::string why = fmt::format("its effects cannot be sent: {}", request.status().message());
+        log::Warning("message seq {}: {}; dead-lettering it", m.seq, why);
+        ++counts_.rejected;
+        (void)conn_->Nack(d.consumer_id, d.delivery_id, 0, true, why);
+        Finished(held);
+        return;
+      }
+      pending_.Add(*request, bundle.version, bundle.writes);
+      sent_.emplace(*request, Sent{std::move(held), bundle.version});
+      return;
+    }
+    case SLUICE_RETRY:
+      ++counts_.retried;
+      (void)conn_->Nack(d.consumer_id, d.delivery_id, r.retry_after_ms, false, reason);
+      Finished(held);
+      return;
+    default: {
+      ++counts_.rejected;
+      if (reason.empty()) reason = "rejected by the handler";
+      (void)conn_->Nack(d.consumer_id, d.delivery_id, 0, true, reason);
+      // The requester learns at once instead of waiting for its timeout.
+      if (d.reply_token != 0) (void)conn_->Reply(d.reply_token, client::OutMessage{}, reason);
+      Finished(held);
+      return;
+    }
+  }
+}
+
+void Worker::OnAnswer(client::BundleAck answer) {
+  auto it = sent_.find(answer.request_id);
+  if (it == sent_.end()) return;
+  Sent sent = std::move(it->second);
+  sent_.erase(it);
+  pending_.Remove(answer.request_id);
+  const client::Delivery& d = sent.held.delivery;
+  if (!answer.error.ok()) {
+    ++counts_.refused;
+    log::Warning("message seq {}: the broker refused its bundle: {}", d.seq(), answer.error.message());
+    (void)conn_->Nack(d.consumer_id, d.delivery_id, 0, false,
+                      fmt::format("bundle refused: {}", answer.error.message()));
+    Finished(sent.held);
+    return;
+  }
+  switch (answer.status) {
+    case wire::BundleStatus::Committed:
+      ++counts_.handled;
+      Finished(sent.held);
+      return;
+    case wire::BundleStatus::Conflict:
+      ++counts_.conflicts;
+      log::Debug("message seq {}: bundle conflicted ({}); running it again", d.seq(), answer.message);
+      reruns_.emplace(sent.held.order, std::move(sent.held));
+      return;
+    case wire::BundleStatus::LeaseLost:
+      ++counts_.lease_lost;
+      log::Info("message seq {}: lease lost before the commit ({}); dropped", d.seq(), answer.message);
+      Finished(sent.held);
+      return;
+    default:
+      // Refused: not allowed as sent; a retry lets max_deliveries dead-letter it if it stays so.
+      ++counts_.refused;
+      log::Warning("message seq {}: the broker refused its bundle: {}", d.seq(), answer.message);
+      (void)conn_->Nack(d.consumer_id, d.delivery_id, 0, false,
+                        fmt::format("bundle refused: {}", answer.message));
+      Finished(sent.held);
+      return;
+  }
+}
+
+void Worker::ReportStats(bool force) {
+  auto now = std::chrono::steady_clock::now();
+  if (!force && now < next_report_) return;
+  size_t in_flight =
+      conn_ ? conn_->deliveries_queued() + sent_.size() + reruns_.size() + quarantine_.size() : 0;
+  if (!force && counts_ == reported_ && in_flight == reported_in_flight_) return;
+  next_report_ = now + kStatsInterval;
+  reported_ = counts_;
+  reported_in_flight_ = in_flight;
+  status_.Send({{"event", "stats"},
+                {"handled", counts_.handled},
+                {"retried", counts_.retried},
+                {"rejected", counts_.rejected},
+                {"conflicts", counts_.conflicts},
+                {"lease_lost", counts_.lease_lost},
+                {"refused", counts_.refused},
+                {"in_flight", in_flight}});
+}
+
+void Worker::Loop() {
+  while (!g_stop.load(std::memory_order_relaxed)) {
+    while (auto a = conn_->TakeBundleAck()) OnAnswer(std::move(*a));
+    size_t ran = 0;
+    while (!g_stop.load(std::memory_order_relaxed)) {
+      if (!reruns_.empty()) {
+        // Re-runs read committed state only: wait until every earlier bundle is answered.
+        if (!sent_.empty()) break;
+        auto first = reruns_.begin();
+        Held held = std::move(first->second);
+        reruns_.erase(first);
+        RunOne(std::move(held));
+      } else if (conn_->deliveries_queued() > 0 && sent_.size() < kMaxBundlesInFlight) {
+        auto d = conn_->Receive(0ms);
+        if (!d.ok()) break;
+        Held held{std::move(*d), next_order_++};
+        if (!suspects_.empty() && suspects_.count(held.delivery.id()) > 0) {
+          log::Notice("message seq {} was in hand when a worker died; it runs alone once the others are done",
+                      held.delivery.seq());
+          quarantine_.push_back(std::move(held));
+          continue;
+        }
+        RunOne(std::move(held));
+      } else if (!quarantine_.empty() && sent_.empty() && conn_->deliveries_queued() == 0) {
+        Held held = std::move(quarantine_.front());
+        quarantine_.pop_front();
+        suspects_.erase(held.delivery.id());
+        RunOne(std::move(held));
+      } else {
+        break;
+      }
+      if (++ran % 64 == 0) {
+        while (auto a = conn_->TakeBundleAck()) OnAnswer(std::move(*a));
+      }
+    }
+    FlushCredit(true);
+    ReportStats(false);
+    Status s = conn_->Poll(ran > 0 ? 0ms : std::chrono::duration_cast<std::chrono::milliseconds>(kIdlePoll));
+    if (!s.ok() && s.code() != StatusCode::kTimeout) {
+      log::Error("lost the broker connection: {}", s.message());
+      return;
+    }
+  }
+}
+
+void Worker::Drain() {
+  // The message in hand is finished (one thread); what remains is the answers to bundles already sent.
+  auto deadline = std::chrono::steady_clock::now() + kDrainTimeout;
+  while (!sent_.empty() && !conn_->closed() && std::chrono::steady_clock::now() < deadline) {
+    Status s = conn_->Poll(100ms);
+    if (!s.ok() && s.code() != StatusCode::kTimeout) break;
+    while (auto a = conn_->TakeBundleAck()) {
+      // A conflict is not re-run now: the message goes back to the subscription when we disconnect.
+      OnAnswer(std::move(*a));
+    }
+  }
+  if (!sent_.empty()) {
+    log::Warning("stopping with {} bundles unanswered; their messages will be redelivered", sent_.size());
+  }
+  FlushCredit(true);
+  ReportStats(true);
+  (void)conn_->Close();
+}
+
+int Worker::Run() {
+  int rc = Setup();
+  if (rc == 0) {
+    Loop();
+    bool lost = conn_->closed();
+    if (!lost) Drain();
+    rc = lost && !g_stop.load() ? kExitSetup : 0;
+  }
+  if (initialized_ && plugin_->callbacks().shutdown != nullptr) plugin_->callbacks().shutdown(state_);
+  HandlerRun::SetDefaultHost(nullptr);
+  if (rc == 0) log::Info("stopped");
+  return rc;
+}
+
+}  // namespace
+
+int CheckPluginFile(const std::filesystem::path& path) {
+  auto loaded = LoadedPlugin::Load(path);
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "%s\n", loaded.status().message().c_str());
+    return 1;
+  }
+  const PluginDescriptor& d = (*loaded)->descriptor();
+  std::string out = fmt::format("{}: plugin {} {} (ABI {}.{})\n", path.string(), d.name, d.version, d.abi_major,
+                                d.abi_minor);
+  for (const PluginSubscription& s : d.subscriptions) {
+    out += fmt::format("  subscribes {}/{} (start {}, ordering {}, prefetch {})\n", s.topic, s.name,
+                       s.start == SLUICE_START_EARLIEST ? "earliest" : "latest",
+                       s.ordering == SLUICE_ORDERING_KEY ? "key" : "none", s.prefetch);
+  }
+  for (const std::string& t : d.publishes) out += fmt::format("  publishes {}\n", t);
+  std::fputs(out.c_str(), stdout);
+  return 0;
+}
+
+int RunWorker(const WorkerOptions& options) {
+  log::SetLevel(options.log_level);
+  log::SetIdentity(fmt::format("{}[{}]", options.name, options.instance));
+  // Die with the daemon: a worker must never outlive the broker it feeds.
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  // What the plugin prints goes to the daemon's log with the rest.
+  ::dup2(STDERR_FILENO, STDOUT_FILENO);
+  ::signal(SIGPIPE, SIG_IGN);
+  // The daemon decides when workers stop; a terminal's ^C reaches the whole process group.
+  ::signal(SIGINT, SIG_IGN);
+  ::signal(SIGHUP, SIG_IGN);
+  struct sigaction sa {};
+  sa.sa_handler = OnStopSignal;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGTERM, &sa, nullptr);
+
+  Worker worker(options);
+  return worker.Run();
+}
+
+}  // namespace sluice

@@ -1,0 +1,466 @@
+// SPDX-License-Identifier: MIT
+//
+// The plugin host against the real daemon: sluiced runs the test plugins of tests/plugins/mock in
+// worker processes; the tests publish to them, read their keyspaces (read-only, as a worker does),
+// their outputs and dead-letter queues, and `sluicectl plugins --json`. Each test shows the broker and
+// the other plugins going on while one plugin succeeds, retries, rejects, crashes, hangs, publishes
+// where it may not, or is refused; plus restart backoff, hot loading, reload, unload and shutdown.
+// Waits are bounded polls. Tests run one at a time (each starts its own daemon).
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <functional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "broker/store/keyspace_reader.h"
+#include "broker/uuid.h"
+#include "tests/integration/daemon_fixture.h"
+
+#ifndef SLUICE_MOCK_PLUGIN_DIR
+#error "SLUICE_MOCK_PLUGIN_DIR must name the test plugins' build folder"
+#endif
+
+namespace sluice::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+using ::testing::HasSubstr;
+
+std::string PluginDir() { return std::string("plugin_dir = \"") + SLUICE_MOCK_PLUGIN_DIR + "\"\n"; }
+
+// Polls `done` every 20 ms until it holds or `timeout` passes.
+bool WaitUntil(const std::function<bool()>& done, std::chrono::milliseconds timeout = 20s) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return done();
+}
+
+json CtlJson(const DaemonProcess& d, std::vector<std::string> args) {
+  args.insert(args.begin(), "--json");
+  CommandResult r = d.Ctl(args);
+  if (r.exit_code != 0) return json{{"error", r.err}, {"exit", r.exit_code}};
+  json j = json::parse(r.out, nullptr, false);
+  return j.is_discarded() ? json{{"error", "not JSON: " + r.out}} : j;
+}
+
+json Plugin(const DaemonProcess& d, const std::string& name) {
+  json all = CtlJson(d, {"plugins"});
+  for (const auto& p : all.value("plugins", json::array())) {
+    if (p.value("name", "") == name) return p;
+  }
+  return json::object();
+}
+
+json DeadLetters(const DaemonProcess& d, const std::string& topic, const std::string& sub) {
+  return CtlJson(d, {"dlq", "list", topic, sub}).value("dead_letters", json::array());
+}
+
+// A key of a plugin's keyspace, read from the store the way a worker reads it.
+std::optional<std::string> KvValue(const DaemonProcess& d, const std::string& keyspace, const std::string& key) {
+  auto r = broker::store::KeyspaceReader::Open(d.data_dir() / "store", keyspace);
+  if (!r.ok() || !(*r)->Begin().ok()) return std::nullopt;
+  auto e = (*r)->Get(key);
+  std::optional<std::string> out;
+  if (e.ok() && e->has_value()) out = std::string((*e)->value);
+  (*r)->End();
+  return out;
+}
+
+int64_t Count(const DaemonProcess& d, const std::string& keyspace) {
+  auto v = KvValue(d, keyspace, "count");
+  return v ? std::stoll(*v) : 0;
+}
+
+std::unique_ptr<client::Connection> MustConnect(const DaemonProcess& d) {
+  auto c = d.Connect();
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  return c.ok() ? std::move(*c) : nullptr;
+}
+
+client::PublishAck MustPublish(client::Connection& c, const std::string& topic, const std::string& payload,
+                               const std::string& key = "") {
+  client::OutMessage m;
+  m.topic = topic;
+  m.payload = payload;
+  m.key = key;
+  m.correlation_id = "corr-" + payload;
+  auto ack = c.Publish(m);
+  EXPECT_TRUE(ack.ok()) << ack.status().ToString();
+  return ack.ok() ? *ack : client::PublishAck{};
+}
+
+bool ProcessGone(int pid) { return ::kill(pid, 0) != 0 && errno == ESRCH; }
+
+TEST(PluginHostTest, AWellBehavedPluginCommitsEachEffectOnce) {
+  DaemonProcess d(PluginDir() + "[[plugin]]\nname = \"ok\"\n");
+  ASSERT_TRUE(d.Start());
+  auto c = MustConnect(d);
+  ASSERT_NE(c, nullptr);
+  client::SubscribeOptions so;
+  so.topic = "out";
+  so.subscription = "check";
+  so.start = wire::StartKind::Earliest;
+  so.credit = 200;
+  ASSERT_TRUE(c->Subscribe(so).ok());
+  std::map<std::string, Uuid> inputs;
+  for (int i = 0; i < 50; ++i) {
+    std::string payload = "m" + std::to_string(i);
+    inputs[payload] = MustPublish(*c, "in", payload, "k" + std::to_string(i % 5)).id;
+  }
+  std::set<std::string> seen;
+  auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (seen.size() < 50 && std::chrono::steady_clock::now() < deadline) {
+    auto m = c->Receive(200ms);
+    if (!m.ok()) continue;
+    std::string payload(m->payload());
+    ASSERT_TRUE(inputs.count(payload)) << payload;
+    Uuid input = inputs[payload];
+    EXPECT_EQ(m->id(), DeriveUuid(input, "publish/0"));
+    EXPECT_EQ(m->causation_id(), FormatUuid(input));
+    EXPECT_EQ(m->correlation_id(), "corr-" + payload);
+    EXPECT_EQ(m->type(), "mock.Out");
+    EXPECT_TRUE(seen.insert(payload).second) << "delivered twice: " << payload;
+    std::vector<uint64_t> ids{m->delivery_id};
+    ASSERT_TRUE(c->Ack(m->consumer_id, ids).ok());
+  }
+  EXPECT_EQ(seen.size(), 50u) << d.Log();
+  EXPECT_TRUE(WaitUntil([&] { return Count(d, "ok") == 50; })) << Count(d, "ok");
+  EXPECT_EQ(KvValue(d, "ok", "seen/m17"), "1");
+  EXPECT_TRUE(WaitUntil([&] { return Plugin(d, "ok").value("handled", 0) == 50; })) << Plugin(d, "ok");
+
+  // A request is answered by the plugin's reply, routed after its bundle committed.
+  client::OutMessage q;
+  q.topic = "in";
+  q.payload = "question";
+  auto reply = c->Request(q, 10s);
+  ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+  EXPECT_EQ(reply->payload, "ok:question");
+  EXPECT_EQ(reply->error, "");
+
+  json p = Plugin(d, "ok");
+  EXPECT_EQ(p.value("state", ""), "running");
+  EXPECT_EQ(p.value("restarts", -1), 0);
+  EXPECT_EQ(p.value("pids", json::array()).size(), 1u);
+  EXPECT_EQ(d.Stop(), 0);
+}
+
+TEST(PluginHostTest, TwoInstancesRacingOnOneKeyLoseNoUpdate) {
+  // Every message increments the same key: the instances' bundles conflict, and the loser runs again
+  // with fresh reads, so the count is exact.
+  DaemonProcess d(PluginDir() + "[[plugin]]\nname = \"ok\"\ninstances = 2\n");
+  ASSERT_TRUE(d.Start());
+  ASSERT_TRUE(WaitUntil([&] { return Plugin(d, "ok").value("running", 0) == 2; })) << Plugin(d, "ok");
+  auto c = MustConnect(d);
+  ASSERT_NE(c, nullptr);
+  constexpr int kMessages = 300;
+  for (int i = 0; i < kMessages; ++i) {
+    client::OutMessage m;
+    m.topic = "in";
+    m.payload = "r" + std::to_string(i);
+    ASSERT_TRUE(c->PublishAsync(m).ok());
+  }
+  for (int i = 0; i < kMessages; ++i) ASSERT_TRUE(c->WaitPublishAck(10s).ok());
+  EXPECT_TRUE(WaitUntil([&] { return Count(d, "ok") == kMessages; }, 30s)) << Count(d, "ok");
+  ASSERT_TRUE(WaitUntil([&] { return Plugin(d, "ok").value("handled", 0) == kMessages; }))
+      << Plugin(d, "ok");
+  json p = Plugin(d, "ok");
+  // Both took part (competing consumers), their bundles conflicted, and the losers ran again.
+  EXPECT_GT(p["workers"][0].value("handled", 0), 0) << p;
+  EXPECT_GT(p["workers"][1].value("handled", 0), 0) << p;
+  EXPECT_GT(p.value("conflicts", 0), 0) << p;
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(Count(d, "ok"), kMessages);
+  EXPECT_EQ(d.Stop(), 0);
+}
+
+TEST(PluginHostTest, RetryAndRejectEndInTheDeadLetterQueueWithTheirReasons) {
+  DaemonProcess d(PluginDir() +
+                  "[[subscription]]\ntopic = \"in\"\nname = \"retry_reject\"\nstart = \"earliest\"\n"
+                  "max_deliveries = 3\nbackoff_initial = \"10ms\"\nbackoff_max = \"20ms\"\n"
+                  "[[plugin]]\nname = \"retry_reject\"\n");
+  ASSERT_TRUE(d.Start());
+  auto c = MustConnect(d);
+  ASSERT_NE(c, nullptr);
+  MustPublish(*c, "in", "reject");
+  MustPublish(*c, "in", "retry");
+  MustPublish(*c, "in", "fine");
+  ASSERT_TRUE(WaitUntil([&] { return DeadLetters(d, "in", "retry_reject").size() == 2; }))
+      << DeadLetters(d, "in", "retry_reject") << d.Log();
+  json rejected, retried;
+  for (const auto& dl : DeadLetters(d, "in", "retry_reject")) {
+    (dl.value("last_error", "") == "rejected: bad input" ? rejected : retried) = dl;
+  }
+  EXPECT_EQ(rejected.value("reason", ""), "rejected");
+  EXPECT_EQ(rejected.value("delivery_count", 0), 1);
+  EXPECT_EQ(retried.value("reason", ""), "max_deliveries (3) reached");
+  EXPECT_EQ(retried.value("last_error", ""), "try again");
+  EXPECT_EQ(retried.value("delivery_count", 0), 3);
+  EXPECT_TRUE(WaitUntil([&] { return Count(d, "retry_reject") == 1; }));
+  json p = Plugin(d, "retry_reject");
+  EXPECT_EQ(p.value("state", ""), "running");
+  EXPECT_EQ(p.value("restarts", -1), 0);
+  EXPECT_TRUE(WaitUntil([&] {
+    json q = Plugin(d, "retry_reject");
+    return q.value("rejected", 0) == 1 && q.value("retried", 0) == 3;
+  })) << Plugin(d, "retry_reject");
+  EXPECT_EQ(d.Stop(), 0);
+}
+
+TEST(PluginHostTest, ACrashingHandlerIsRestartedWithBackoffAndItsMessageBecomesPoison) {
+  DaemonProcess d(PluginDir() +
+                  "[[plugin]]\nname = \"crash\"\nrestart_backoff_initial = \"200ms\"\n"
+                  "restart_backoff_max = \"10s\"\nmax_restarts = 10\nmax_crashes = 4\n"
+                  "[[plugin]]\nname = \"ok\"\n");
+  ASSERT_TRUE(d.Start());
+  auto c = MustConnect(d);
+  ASSERT_NE(c, nullptr);
+  MustPublish(*c, "in", "a");
+  MustPublish(*c, "in", "crash");
+  MustPublish(*c, "in", "b");
+  ASSERT_TRUE(WaitUntil([&] { return DeadLetters(d, "in", "crash").size() == 1; }, 30s))
+      << Plugin(d, "crash") << d.Log();
+  json dl = DeadLetters(d, "in", "crash")[0];
+  EXPECT_THAT(dl.value("reason", ""), HasSubstr("poison"));
+  EXPECT_THAT(dl.value("reason", ""), HasSubstr("4"));  // the plugin's max_crashes
+  // Only the crashing message: the innocent ones were handled (they ran alone or first).
+  EXPECT_TRUE(WaitUntil([&] { return Count(d, "crash") == 2; })) << Count(d, "crash");
+  EXPECT_TRUE(WaitUntil([&] { return Plugin(d, "crash").value("state", "") == "running"; }));
+  // The other plugin went on: it handled all three, was never restarted, and the broker answers.
+  EXPECT_TRUE(WaitUntil([&] { return Count(d, "ok") == 3; }));
+  EXPECT_EQ(Plugin(d, "ok").value("restarts", -1), 0);
+  EXPECT_TRUE(d.Ctl({"ping"}).exit_code == 0);
+
+  // Restarts back off: 200 ms, 400 ms, 800 ms, 1.6 s between the starts of the crashing worker.
+  json p = Plugin(d, "crash");
+  EXPECT_EQ(p.value("restarts", 0), 4) << p;
+  json starts = p["workers"][0]["starts_us"];
+  ASSERT_GE(starts.size(), 5u) << p;
+  for (size_t i = 1; i < 5; ++i) {
+    int64_t gap_ms = (starts[i].get<int64_t>() - starts[i - 1].get<int64_t>()) / 1000;
+    EXPECT_GE(gap_ms, 200 << (i - 1)) << "restart " << i << ": " << p;
+  }
+  EXPECT_THAT(p["workers"][0].value("last_exit", ""), HasSubstr("signal 11"));
+  EXPECT_THAT(d.Log(), HasSubstr("in handle() of message seq 2"));
+  EXPECT_EQ(d.Stop(), 0);
+}
+
+TEST(PluginHostTest, AHangingHandlerIsKilledAfterItsTimeoutAndTheMessageRedelivered) {
+  DaemonProcess d(PluginDir() +
+                  "[[plugin]]\nname = \"hang\"\nhandler_timeout = \"300ms\"\nrestart_backoff_initial = \"50ms\"\n"
+                  "max_restarts = 10\n"
+                  "[[plugin]]\nname = \"ok\"\n");
+  ASSERT_TRUE(d.Start());
+  auto c = MustConnect(d);
+  ASSERT_NE(c, nullptr);
+  MustPublish(*c, "in", "hang");
+  MustPublish(*c, "in", "after");
+  // Killed, restarted and redelivered until the crash count makes it poison (max_crashes = 3).
+  ASSERT_TRUE(WaitUntil([&] { return DeadLetters(d, "in", "hang").size() == 1; }, 30s))
+      << Plugin(d, "hang") << d.Log();
+  EXPECT_THAT(DeadLetters(d, "in", "hang")[0].value("reason", ""), HasSubstr("poison"));
+  EXPECT_THAT(d.Log(), HasSubstr("ran longer than handler_timeout (300ms)"));
+  EXPECT_THAT(Plugin(d, "hang")["workers"][0].value("last_exit", ""), HasSubstr("signal 9"));
+  EXPECT_TRUE(WaitUntil([&] { return Count(d, "hang") == 1; }));
+  EXPECT_TRUE(WaitUntil([&] { return Count(d, "ok") == 2; }));
+  EXPECT_EQ(Plugin(d, "ok").value("restarts", -1), 0);
+  EXPECT_EQ(d.Stop(), 0);
+}
+
+TEST(PluginHostTest, APublishToAnUndeclaredTopicIsRefused) {
+  DaemonProcess d(PluginDir() + "[[plugin]]\nname = \"undeclared\"\n");
+  ASSERT_TRUE(d.Start());
+  auto c = MustConnect(d);
+  ASSERT_NE(c, nullptr);
+  MustPublish(*c, "in", "x");
+  ASSERT_TRUE(WaitUntil([&] { return DeadLetters(d, "in", "undeclared").size() == 1; })) << d.Log();
+  json dl = DeadLetters(d, "in", "undeclared")[0];
+  EXPECT_EQ(dl.value("reason", ""), "rejected");
+  EXPECT_EQ(dl.value("last_error", ""), "publish to secret refused: -1");  // -EPERM
+  // Nothing reached the topic.
+  json topics = CtlJson(d, {"topics"});
+  for (const auto& t : topics.value("topics", json::array())) EXPECT_NE(t.value("name", ""), "secret");
+  EXPECT_EQ(d.Stop(), 0);
+}
+
+TEST(PluginHostTest, ABadPluginIsRefusedWithTheDocumentedMessageAndNotRestarted) {
+  DaemonProcess d(PluginDir() +
+                  "[[plugin]]\nname = \"wrong_abi\"\n[[plugin]]\nname = \"no_entry\"\n"
+                  "[[plugin]]\nname = \"missing\"\n[[plugin]]\nname = \"ok\"\n");
+  ASSERT_TRUE(d.Start());
+  const std::string dir = SLUICE_MOCK_PLUGIN_DIR;
+  struct Case {
+    const char* name;
+    std::string error;
+  } cases[] = {
+      {"wrong_abi", dir + "/wrong_abi.so: plugin ABI 2.0 is not supported (host speaks 1.0)"},
+      {"no_entry", dir + "/no_entry.so: no sluice_plugin_entry symbol (export it with SLUICE_PLUGIN_EXPORT)"},
+      {"missing", dir + "/missing.so: cannot load: cannot open shared object file: No such file or directory"},
+  };
+  for (const Case& c : cases) {
+    ASSERT_TRUE(WaitUntil([&] { return Plugin(d, c.name).value("state", "") == "failed"; })) << Plugin(d, c.name);
+    json p = Plugin(d, c.name);
+    EXPECT_EQ(p.value("last_error", ""), c.error);
+    EXPECT_EQ(p.value("restarts", -1), 0);
+    EXPECT_THAT(d.Log(), HasSubstr(c.error));
+  }
+  // The human table shows it too.
+  CommandResult table = d.Ctl({"plugins"});
+  EXPECT_EQ(table.exit_code, 0);
+  EXPECT_THAT(table.out, HasSubstr("plugin ABI 2.0 is not supported (host speaks 1.0)"));
+  // The good plugin and the broker are unaffected.
+  auto c = MustConnect(d);
+  ASSERT_NE(c, nullptr);
+  MustPublish(*c, "in", "x");
+  EXPECT_TRUE(WaitUntil([&] { return Count(d, "ok") == 1; }));
+  EXPECT_EQ(Plugin(d, "ok").value("state", ""), "running");
+  EXPECT_EQ(d.Stop(), 0);
+}
+
+TEST(PluginHostTest, APluginThatKeepsFailingIsMarkedFailedUntilRestarted) {
+  DaemonProcess d(PluginDir() +
+                  "[[plugin]]\nname = \"ok\"\nrestart_backoff_initial = \"20ms\"\nmax_restarts = 3\n"
+                  "config = { fail_init = true }\n");
+  ASSERT_TRUE(d.Start());
+  ASSERT_TRUE(WaitUntil([&] { return Plugin(d, "ok").value("state", "") == "failed"; })) << Plugin(d, "ok");
+  json p = Plugin(d, "ok");
+  EXPECT_THAT(p.value("last_error", ""), HasSubstr("3 crashes within restart_window"));
+  EXPECT_THAT(p.value("last_error", ""), HasSubstr("init() failed"));
+  EXPECT_EQ(p.value("restarts", 0), 2);
+  // Nothing restarts it by itself...
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(Plugin(d, "ok").value("restarts", 0), 2);
+  // ... but an operator does.
+  CommandResult r = d.Ctl({"plugin", "restart", "ok"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(WaitUntil([&] { return Plugin(d, "ok").value("restarts", 0) > 2; }));
+  EXPECT_EQ(d.Stop(), 0);
+}
+
+TEST(PluginHostTest, HotLoadReplaysFromTheStartThenFollowsLiveWhileOthersGoOn) {
+  // Replay needs retention: without it, messages every subscription has acked are gone.
+  DaemonProcess d(PluginDir() + "[[topic]]\nname = \"in\"\nretention_max_age = \"1h\"\n" +
+                  "[[plugin]]\nname = \"ok\"\n");
+  ASSERT_TRUE(d.Start());
+  std::atomic<int> published{0};
+  std::atomic<bool> stop{false};
+  std::thread publisher([&] {
+    auto c = MustConnect(d);
+    if (c == nullptr) return;
+    while (!stop.load()) {
+      MustPublish(*c, "in", "p" + std::to_string(published.load()));
+      ++published;
+      std::this_thread::sleep_for(2ms);
+    }
+  });
+  ASSERT_TRUE(WaitUntil([&] { return published.load() >= 200; }));
+  // A drop-in and a load, without touching the running plugin.
+  std::filesystem::create_directories(d.dir() / "plugins.d");
+  std::ofstream(d.dir() / "plugins.d" / "late.toml") << "[[plugin]]\nname = \"late\"\n";
+  json ok_before = Plugin(d, "ok");
+  CommandResult r = d.Ctl({"plugin", "load", "late"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("late: loaded"));
+  ASSERT_TRUE(WaitUntil([&] { return Plugin(d, "late").value("state", "") == "running"; })) << Plugin(d, "late");
+  // Live traffic goes on for a while after the load.
+  int at_load = published.load();
+  ASSERT_TRUE(WaitUntil([&] { return published.load() >= at_load + 200; }));
+  stop = true;
+  publisher.join();
+  const int total = published.load();
+  EXPECT_TRUE(WaitUntil([&] { return Count(d, "late") == total; }, 30s)) << Count(d, "late") << " of " << total;
+  EXPECT_TRUE(WaitUntil([&] { return Count(d, "ok") == total; }, 30s)) << Count(d, "ok") << " of " << total;
+  EXPECT_EQ(KvValue(d, "late", "seen/p0"), "1");  // the backfill reached the first message
+  // The running plugin was never interrupted.
+  json ok_after = Plugin(d, "ok");
+  EXPECT_EQ(ok_after.value("restarts", -1), 0);
+  EXPECT_EQ(ok_after["pids"], ok_before["pids"]);
+  // Loading it again is refused: it runs.
+  r = d.Ctl({"plugin", "load", "late"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("already running"));
+  r = d.Ctl({"plugin", "load", "nosuch"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("no [[plugin]] named nosuch"));
+  EXPECT_EQ(d.Stop(), 0);
+}
+
+TEST(PluginHostTest, SighupPicksUpAddedAndRemovedDropIns) {
+  DaemonProcess d(PluginDir() + "[[plugin]]\nname = \"ok\"\n");
+  ASSERT_TRUE(d.Start());
+  std::filesystem::create_directories(d.dir() / "plugins.d");
+  std::ofstream(d.dir() / "plugins.d" / "late.toml") << "[[plugin]]\nname = \"late\"\n";
+  ::kill(d.pid(), SIGHUP);
+  ASSERT_TRUE(WaitUntil([&] { return Plugin(d, "late").value("state", "") == "running"; })) << d.Log();
+  int pid = Plugin(d, "late")["pids"][0].get<int>();
+  std::filesystem::remove(d.dir() / "plugins.d" / "late.toml");
+  ::kill(d.pid(), SIGHUP);
+  ASSERT_TRUE(WaitUntil([&] { return Plugin(d, "late").empty(); })) << Plugin(d, "late");
+  EXPECT_TRUE(WaitUntil([&] { return ProcessGone(pid); }));
+  EXPECT_EQ(Plugin(d, "ok").value("state", ""), "running");
+  EXPECT_EQ(Plugin(d, "ok").value("restarts", -1), 0);
+  EXPECT_EQ(d.Stop(), 0);
+}
+
+TEST(PluginHostTest, UnloadStopsTheWorkersAndTheirMessagesWait) {
+  DaemonProcess d(PluginDir() + "[[plugin]]\nname = \"ok\"\ninstances = 2\n");
+  ASSERT_TRUE(d.Start());
+  ASSERT_TRUE(WaitUntil([&] { return Plugin(d, "ok").value("running", 0) == 2; })) << Plugin(d, "ok");
+  json pids = Plugin(d, "ok")["pids"];
+  ASSERT_EQ(pids.size(), 2u);
+  CommandResult r = d.Ctl({"plugin", "unload", "ok"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_TRUE(WaitUntil([&] { return Plugin(d, "ok").value("state", "") == "stopped"; })) << Plugin(d, "ok");
+  for (const auto& pid : pids) EXPECT_TRUE(WaitUntil([&] { return ProcessGone(pid.get<int>()); }));
+  auto c = MustConnect(d);
+  ASSERT_NE(c, nullptr);
+  MustPublish(*c, "in", "while-unloaded");
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(Count(d, "ok"), 0);
+  r = d.Ctl({"plugin", "load", "ok"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(WaitUntil([&] { return Count(d, "ok") == 1; }));
+  r = d.Ctl({"plugin", "unload", "nosuch"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("no plugin named nosuch"));
+  EXPECT_EQ(d.Stop(), 0);
+}
+
+TEST(PluginHostTest, SigtermStopsTheWorkersBeforeTheDaemon) {
+  DaemonProcess d(PluginDir() + "[[plugin]]\nname = \"ok\"\ninstances = 2\n[[plugin]]\nname = \"retry_reject\"\n");
+  ASSERT_TRUE(d.Start());
+  ASSERT_TRUE(WaitUntil([&] { return Plugin(d, "ok").value("running", 0) == 2; }));
+  ASSERT_TRUE(WaitUntil([&] { return Plugin(d, "retry_reject").value("running", 0) == 1; }));
+  std::vector<int> pids;
+  for (const char* name : {"ok", "retry_reject"}) {
+    json p = Plugin(d, name);
+    for (const auto& pid : p["pids"]) pids.push_back(pid.get<int>());
+  }
+  int status = d.Stop();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  for (int pid : pids) EXPECT_TRUE(ProcessGone(pid)) << pid;
+  std::string log = d.Log();
+  size_t worker_stopped = log.find("worker pid");
+  size_t daemon_stopped = log.rfind("stopped");
+  EXPECT_NE(worker_stopped, std::string::npos);
+  EXPECT_LT(worker_stopped, daemon_stopped);
+  EXPECT_THAT(log, HasSubstr("ok[0]: stopped"));
+}
+
+}  // namespace
+}  // namespace sluice::testing

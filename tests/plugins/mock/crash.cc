@@ -1,0 +1,27 @@
+// SPDX-License-Identifier: MIT
+//
+// Test plugin: payload "crash" kills the worker with SIGSEGV inside handle(); anything else counts in
+// "count" and succeeds. Poison detection must dead-letter the crashing message after max_crashes.
+#include <signal.h>
+
+#include <string>
+
+#include "sluice/plugin.hpp"
+
+namespace {
+
+class Crash : public sluice::sdk::Plugin {
+ public:
+  sluice::sdk::Result Handle(const sluice::sdk::Message& m, sluice::sdk::Context& ctx) override {
+    if (m.payload() == "crash") raise(SIGSEGV);
+    auto seen = ctx.Get("count");
+    ctx.Put("count", std::to_string((seen ? std::stol(*seen) : 0) + 1));
+    return sluice::sdk::Result::Ok();
+  }
+};
+
+const sluice_subscription kSubs[] = {{"in", "crash", SLUICE_START_EARLIEST, SLUICE_ORDERING_NONE, 0, 0, 0}};
+
+}  // namespace
+
+SLUICE_PLUGIN_NO_PUBLISHES(Crash, "crash", "1.0", kSubs)
