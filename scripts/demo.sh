@@ -1,37 +1,87 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # The main job on the embedded default: installs what it needs, builds, starts sluiced with the local
-# configuration (etc/sluice.local.toml, copied into ./run/), shows that it answers, then stops it with
-# SIGTERM. Idempotent: ./run/ keeps its data between runs.
+# configuration (etc/sluice.local.toml) and the order pipeline plugins in ./run/, places a handful of
+# orders (one for a SKU that is out of stock), shows each reach CONFIRMED or CANCELLED, the mails in the
+# Maildir, one order's story across services, then drops in the analytics plugin without a restart and
+# shows its table. Stops the daemon with SIGTERM at the end. Idempotent: ./run/ is recreated each time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-./scripts/build.sh
+./scripts/build.sh >/dev/null
 build=${BUILDDIR:-build}
 run=$PWD/run
-mkdir -p "$run"
+
+rm -rf "$run"
+mkdir -p "$run/plugins" "$run/plugins.d"
 cp etc/sluice.local.toml "$run/sluice.toml"
+for p in order inventory notification analytics; do
+  ln -s "$PWD/$build/plugins/$p/$p.so" "$run/plugins/$p.so"
+done
 ctl() { "$build/daemon/sluicectl" --config "$run/sluice.toml" "$@"; }
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 "$build/daemon/sluiced" --config "$run/sluice.toml" 2>"$run/sluiced.log" &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
-  ctl ping >/dev/null 2>&1 && break
+  ctl stock show >/dev/null 2>&1 && break
   kill -0 $pid 2>/dev/null || { cat "$run/sluiced.log"; exit 1; }
   sleep 0.1
 done
 
-echo "== sluicectl status"
+say "sluiced is up with three plugins (the broker, the plugin workers, the admin socket)"
 ctl status
 echo
-echo "== sluicectl topics"
-ctl topics
-echo
-echo "== stopping sluiced (SIGTERM)"
+ctl plugins
+
+say "stock before (SKU-3 is out of stock)"
+ctl stock show
+
+say "placing orders: each reply comes at once, PENDING, before Inventory or Notification ran"
+place() { printf '%-52s -> ' "order place $*"; ctl order place "$@"; }
+place --email ann@example.com --item SKU-1:2
+place --email bob@example.com --item SKU-2:1 --item SKU-1:1
+place --email cid@example.com --item SKU-3:1
+place --email dee@example.com --item SKU-2:3
+place --email eve@example.com --item SKU-1:1 --idempotency-key eve-cart-7
+place --email eve@example.com --item SKU-1:1 --idempotency-key eve-cart-7
+echo "(eve's second request repeats the idempotency key: it returns the first order, not a new one)"
+
+say "waiting for Inventory to settle every order"
+for _ in $(seq 100); do
+  [ "$(ctl --json order list --status pending | grep -c '"order_id"')" = 0 ] && break
+  sleep 0.1
+done
+ctl order list
+
+say "stock after: what confirmed orders took is reserved"
+ctl stock show
+
+first=$(ctl --json order list | grep -m1 '"order_id"' | sed 's/.*: "\(.*\)".*/\1/')
+say "the story of order $first across services (sluicectl trace)"
+ctl trace "$first"
+
+maildir=$run/data/plugins/notification/Maildir/new
+say "mails written to $maildir"
+for f in "$maildir"/*; do
+  to=$(grep -m1 '^To:' "$f" | cut -c5-)
+  subject=$(grep -m1 '^Subject:' "$f" | cut -c10-)
+  printf '  %-20s %s\n' "$to" "$subject"
+done
+
+say "dropping in analytics: a 3-line TOML file and a load, no restart, Order untouched"
+cp etc/plugins.d/analytics.toml "$run/plugins.d/"
+cat "$run/plugins.d/analytics.toml"
+ctl plugin load analytics
+for _ in $(seq 100); do
+  ctl analytics >/dev/null 2>&1 && [ "$(ctl --json analytics | grep -m1 '"orders"' | tr -dc 0-9)" -ge 5 ] && break
+  sleep 0.1
+done
+ctl analytics
+
+say "stopping sluiced (SIGTERM): workers first, then the broker drains and exits"
 kill -TERM $pid
 wait $pid && echo "sluiced exited with status 0"
 trap - EXIT
-echo
-echo "== daemon log ($run/sluiced.log)"
-cat "$run/sluiced.log"
+echo "daemon log: $run/sluiced.log"

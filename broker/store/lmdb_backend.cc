@@ -794,7 +794,7 @@ void LmdbBackend::Requeue(InFlight lease, int64_t not_before_us, std::string_vie
   if (crashed) ++lease.msg.crashes;
   if (crashed && lease.msg.crashes >= s->rec.max_crashes) {
     DeadLetterMsg(s, lease.msg,
-                  fmt::format("poison: {} consumers crashed holding it (max_crashes = {})", lease.msg.crashes,
+                  fmt::format("poison: worker crashed {} times (max_crashes = {})", lease.msg.crashes,
                               s->rec.max_crashes),
                   std::string(error));
   } else if (lease.msg.count >= s->rec.max_deliveries) {
