@@ -8,6 +8,9 @@
 //   C  end-to-end latency at a fixed rate for --duration: p50, p99, p99.9, max
 //   D  fan-out: one topic, three subscriptions, publish rate and deliveries/s
 // Every workload runs --runs times (default 3) on fresh topics; the median, min and max are printed.
+// --topic and --subscription leave a backlog behind on purpose (bench/backlog-rss.sh): A publishes to
+// the named topic, after creating a durable subscription on it that starts at the earliest, so every
+// message stays stored for that subscription.
 // Threads: C and D run consumers on their own threads, each with its own Connection.
 #include <lmdb.h>
 #include <unistd.h>
@@ -46,6 +49,8 @@ struct Options {
   double rate = 5000;
   double duration_s = 10;
   std::string raw_dir;
+  std::string topic;         // A and B: this topic instead of a fresh one per run
+  std::string subscription;  // A: first create this durable subscription on the topic, from the earliest
 };
 
 struct Stats {
@@ -302,6 +307,10 @@ int main(int argc, char** argv) {
   app.add_option("--rate", o.rate, "workload C: messages per second")->capture_default_str();
   app.add_option("--duration", o.duration_s, "workload C: seconds")->capture_default_str();
   app.add_option("--raw-dir", o.raw_dir, "where the raw LMDB ceiling writes (use the daemon's filesystem)");
+  app.add_option("--topic", o.topic, "A, B: publish to and drain this topic instead of a fresh one per run");
+  app.add_option("--subscription", o.subscription,
+                 "A: first create this durable subscription (start: earliest) on the topic, so the backlog "
+                 "stays stored for it");
   CLI11_PARSE(app, argc, argv);
   auto want = [&](const char* w) { return ("," + o.workloads + ",").find(std::string(",") + w + ",") != std::string::npos; };
 
@@ -317,8 +326,18 @@ int main(int argc, char** argv) {
   if (want("A") || want("B")) {
     std::vector<double> a;
     for (int r = 0; r < o.runs; ++r) {
-      std::string topic = "bench-a-" + RunId();
+      std::string topic = o.topic.empty() ? "bench-a-" + RunId() : o.topic;
       auto c = MustConnect(o, "bench-a");
+      if (!o.subscription.empty()) {
+        sluice::client::SubscribeOptions so;
+        so.topic = topic;
+        so.subscription = o.subscription;
+        so.start = sluice::wire::StartKind::Earliest;
+        so.credit = 0;
+        auto holder = MustConnect(o, "bench-a-subscription");
+        if (auto cid = holder->Subscribe(so); !cid.ok()) Fail("subscribe", cid.status());
+        Check("close", holder->Close());
+      }
       a.push_back(PublishPipelined(*c, topic, o.messages, o.size, o.inflight));
       backlog_topics.push_back(topic);
     }

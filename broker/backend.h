@@ -23,6 +23,7 @@
 
 #include "broker/status.h"
 #include "broker/uuid.h"
+#include "broker/histogram.h"
 #include "broker/options.h"
 
 namespace sluice::broker {
@@ -177,6 +178,14 @@ struct BundleResult {
 
 using BundleCallback = std::function<void(Result<BundleResult>)>;
 
+// What a backend measures about its storage, for `sluicectl metrics`. Updated by the backend's own
+// threads; read from any thread (Histogram is thread-safe).
+struct StoreMetrics {
+  Histogram commit_batch_ops{Histogram::SizeBounds()};     // operations per group commit
+  Histogram commit_seconds{Histogram::LatencyBounds()};    // one commit (with its fsync when "sync")
+  Histogram sync_seconds{Histogram::LatencyBounds()};      // explicit syncs ("batch" durability)
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -218,6 +227,9 @@ class Backend {
   // Every stored message (dead letters included) whose correlation id is `correlation_id`, in publish
   // time order, at most `limit`. Reads the whole store: an operator's tool, not a hot path.
   virtual Result<std::vector<StoredMessage>> Trace(std::string_view correlation_id, size_t limit) = 0;
+
+  // nullptr when the backend measures nothing.
+  virtual const StoreMetrics* metrics() const { return nullptr; }
 
   // Flushes everything committed so far and stops background threads; `done` runs on the loop.
   virtual void Close(std::function<void()> done) = 0;

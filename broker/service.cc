@@ -8,6 +8,7 @@
 #include <fmt/ranges.h>
 
 #include "broker/envelope.h"
+#include "broker/fault_point.h"
 
 namespace sluice::broker {
 namespace {
@@ -65,6 +66,7 @@ BrokerService::BrokerService(uv_loop_t* loop, Backend* backend, const Clock& clo
       // after a restart has no requester any more and its Reply must not reach a new one).
       next_reply_token_(static_cast<uint64_t>(clock.NowUs()) << 8),
       request_timer_(new uv_timer_t) {
+  fault::Init(fault::Process::kDaemon);
   uv_timer_init(loop_, request_timer_);
   request_timer_->data = this;
   uv_timer_start(request_timer_, OnRequestTimer, kRequestSweepMs, kRequestSweepMs);
@@ -279,8 +281,11 @@ void BrokerService::OnPublish(net::Connection& conn, Session& s, const wire::Pub
     SendErrorTo(conn_id, request_id, allowed);
     return;
   }
+  auto received = std::chrono::steady_clock::now();
   PublishEnvelope(*publish.envelope(), 0, SourceName(s),
-                  [this, conn_id, request_id](Result<PublishResult> r) {
+                  [this, conn_id, request_id, received](Result<PublishResult> r) {
+                    publish_ack_seconds_.Observe(
+                        std::chrono::duration<double>(std::chrono::steady_clock::now() - received).count());
                     if (!r.ok()) {
                       SendErrorTo(conn_id, request_id, r.status());
                       return;
@@ -482,6 +487,8 @@ void BrokerService::OnBundle(net::Connection& conn, Session& s, const wire::Bund
     }
     switch (r->outcome) {
       case BundleOutcome::kCommitted: {
+        // Test-only (broker/fault_point.h): the bundle is in the store, the worker will never hear so.
+        fault::Hit(fault::Point::kDaemonAfterCommit);
         if (reply_token != 0 && (reply_env || !reply_error.empty())) {
           const wire::Envelope* env = nullptr;
           if (reply_env) {

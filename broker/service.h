@@ -77,6 +77,8 @@ class BrokerService : public net::FrameHandler {
   void set_options(const ServiceOptions& options) { options_ = options; }
 
   const ServiceStats& stats() const { return stats_; }
+  // From a Publish frame's arrival to its PublishAck being queued: the broker's share of a publish.
+  const Histogram& publish_ack_seconds() const { return publish_ack_seconds_; }
   size_t connection_count() const { return conns_.size(); }
   // Publishes whose PublishAck has not been sent yet (graceful shutdown waits for zero).
   size_t in_flight_publishes() const { return in_flight_publishes_; }
@@ -124,6 +126,7 @@ class BrokerService : public net::FrameHandler {
   uint64_t next_reply_token_;
   uv_timer_t* request_timer_;
   ServiceStats stats_;
+  Histogram publish_ack_seconds_{Histogram::LatencyBounds()};
   size_t in_flight_publishes_ = 0;
 };
 

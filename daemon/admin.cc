@@ -228,6 +228,8 @@ AdminResult CmdTrace(AdminHost& host, const json& args) {
   return Ok({{"correlation_id", id}, {"messages", out}});
 }
 
+AdminResult CmdMetrics(AdminHost& host, const json&) { return Ok({{"text", host.MetricsText()}}); }
+
 AdminResult CmdCommands(AdminHost&, const json&) {
   json out = json::array();
   for (const auto& c : AdminCommands()) out.push_back({{"name", c.name}, {"summary", c.summary}});
@@ -255,6 +257,7 @@ const std::vector<AdminCommand>& AdminCommands() {
       {"plugin.restart", "restart plugin \"name\", clearing a failed state", CmdPluginRestart},
       {"peek", "stored messages of a topic without consuming them (\"topic\", \"from_seq\", \"limit\")", CmdPeek},
       {"trace", "every stored message of one correlation id, in time order (\"correlation_id\")", CmdTrace},
+      {"metrics", "every metric in the Prometheus text format (\"text\")", CmdMetrics},
       {"commands", "list the admin commands", CmdCommands},
   };
   return kCommands;

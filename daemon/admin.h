@@ -39,6 +39,8 @@ class AdminHost {
   // Re-reads the configuration; the result lists what changed and what needs a restart.
   virtual Result<nlohmann::json> Reload() = 0;
   // The plugins and their workers (`sluicectl plugins`). A host without a supervisor has none.
+  // Prometheus text (daemon/metrics.h).
+  virtual std::string MetricsText() { return {}; }
   virtual Result<nlohmann::json> Plugins() { return nlohmann::json{{"plugins", nlohmann::json::array()}}; }
   // "load" (re-reads the configuration and its drop-ins, starts NAME), "unload" or "restart" NAME.
   virtual Status PluginAction(std::string_view action, std::string_view name) {

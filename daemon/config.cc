@@ -603,6 +603,15 @@ const std::vector<KeyDef<DaemonConfig>>& DaemonKeys() {
   return *keys;
 }
 
+const std::vector<KeyDef<MetricsConfig>>& MetricsKeys() {
+  using K = Keys<MetricsConfig>;
+  using C = MetricsConfig;
+  static const auto* const keys = new std::vector<KeyDef<C>>{
+      K::String("listen", &C::listen).Restart(),
+  };
+  return *keys;
+}
+
 const std::vector<KeyDef<BrokerConfig>>& BrokerKeys() {
   using K = Keys<BrokerConfig>;
   using C = BrokerConfig;
@@ -1042,6 +1051,7 @@ const std::vector<std::unique_ptr<SectionDef>>& Sections() {
     auto* s = new std::vector<std::unique_ptr<SectionDef>>();
     s->push_back(std::make_unique<TableSection<DaemonConfig>>("daemon", &Config::daemon, DaemonKeys()));
     s->push_back(std::make_unique<TableSection<BrokerConfig>>("broker", &Config::broker, BrokerKeys()));
+    s->push_back(std::make_unique<TableSection<MetricsConfig>>("metrics", &Config::metrics, MetricsKeys()));
     s->push_back(std::make_unique<ArraySection<TopicConfig>>(
         "topic", &Config::topics, TopicKeys(), [](const TopicConfig& t) { return t.name; },
         [](const TopicConfig& t) { return fmt::format("topic {}", Quote(t.name)); }, nullptr));

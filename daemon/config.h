@@ -53,6 +53,13 @@ struct DaemonConfig {
   friend bool operator==(const DaemonConfig&, const DaemonConfig&) = default;
 };
 
+// [metrics]: the optional Prometheus HTTP listener (`sluicectl metrics` works without it).
+struct MetricsConfig {
+  std::string listen;  // "127.0.0.1:9464" or "[::1]:9464"; empty: no listener (the default)
+
+  friend bool operator==(const MetricsConfig&, const MetricsConfig&) = default;
+};
+
 // One [[plugin]] table: a plugin the supervisor runs in `instances` worker processes.
 struct PluginConfig {
   std::string name;                     // required; [a-z0-9_-]{1,64}, equal to the descriptor's name
@@ -76,6 +83,7 @@ struct Config {
 
   DaemonConfig daemon;
   BrokerConfig broker;
+  MetricsConfig metrics;
   std::vector<TopicConfig> topics;
   std::vector<SubscriptionConfig> subscriptions;
   std::vector<PluginConfig> plugins;

@@ -13,6 +13,7 @@
 #include "broker/service.h"
 #include "broker/store/lmdb_backend.h"
 #include "daemon/lock_file.h"
+#include "daemon/metrics.h"
 #include "daemon/log.h"
 #include "daemon/notifier.h"
 #include "daemon/supervisor.h"
@@ -65,6 +66,14 @@ Status Daemon::Start() {
   if (!lock.ok()) return lock.status();
   lock_ = std::move(*lock);
 
+  // Before anything that a failure would have to unwind: the address is checked here.
+  if (!config_.metrics.listen.empty()) {
+    auto http = MetricsHttpServer::Start(config_.metrics.listen);
+    if (!http.ok()) return http.status();
+    metrics_http_ = std::move(*http);
+    log::Notice("serving metrics on http://{}/metrics", config_.metrics.listen);
+  }
+
   broker::StoreOptions store;
   store.data_dir = config_.daemon.data_dir;
   store.broker = config_.broker;
@@ -101,6 +110,14 @@ Status Daemon::Start() {
   backend_timer_.data = this;
   uv_timer_start(&backend_timer_, OnBackendTimer, kBackendTimerMs, kBackendTimerMs);
   return Status::Ok();
+}
+
+std::string Daemon::MetricsText() {
+  MetricsSources sources;
+  sources.backend = backend_.get();
+  sources.service = service_.get();
+  if (supervisor_) sources.plugins = supervisor_->Info()["plugins"];
+  return RenderMetrics(sources);
 }
 
 int Daemon::Run() {
@@ -201,6 +218,7 @@ void Daemon::OnClosingTimer(uv_timer_t* timer) {
 }
 
 void Daemon::CloseStore() {
+  metrics_http_.reset();
   backend_->Close([this] {
     uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&sigint_), nullptr);
@@ -213,7 +231,14 @@ void Daemon::CloseStore() {
   });
 }
 
-void Daemon::OnBackendTimer(uv_timer_t* timer) { static_cast<Daemon*>(timer->data)->backend_->RunTimers(); }
+void Daemon::OnBackendTimer(uv_timer_t* timer) {
+  auto* self = static_cast<Daemon*>(timer->data);
+  self->backend_->RunTimers();
+  // The HTTP listener's thread serves the text rendered here, refreshed once a second.
+  if (self->metrics_http_ && self->backend_ticks_++ % (1000 / kBackendTimerMs) == 0) {
+    self->metrics_http_->SetText(self->MetricsText());
+  }
+}
 
 nlohmann::json Daemon::StatusInfo() {
   int64_t now = NowUs();

@@ -27,6 +27,7 @@
 namespace sluice {
 
 class LockFile;
+class MetricsHttpServer;
 class Notifier;
 class Supervisor;
 namespace broker {
@@ -50,6 +51,7 @@ class Daemon : public AdminHost {
   broker::Backend& backend() override { return *backend_; }
   Result<nlohmann::json> Reload() override;
   Result<nlohmann::json> Plugins() override;
+  std::string MetricsText() override;
   Status PluginAction(std::string_view action, std::string_view name) override;
 
  private:
@@ -73,6 +75,8 @@ class Daemon : public AdminHost {
   std::unique_ptr<Supervisor> supervisor_;
   std::unique_ptr<net::UnixListener> broker_listener_;
   std::unique_ptr<net::UnixListener> admin_listener_;
+  std::unique_ptr<MetricsHttpServer> metrics_http_;  // [metrics] listen; null when off
+  uint64_t backend_ticks_ = 0;
   uv_signal_t sigterm_, sigint_, sighup_;
   uv_timer_t drain_timer_;
   uv_timer_t backend_timer_;

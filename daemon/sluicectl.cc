@@ -271,6 +271,8 @@ int main(int argc, char** argv) {
     }
   });
 
+  simple("metrics", "print every metric in the Prometheus text format", "metrics",
+         [](const json& r) { std::fputs(r.value("text", std::string()).c_str(), stdout); });
   simple("plugins", "list plugins with state, workers, restarts, in-flight and handled counts", "plugins",
          HumanPlugins);
   auto* plugin = app.add_subcommand("plugin", "load, unload or restart one plugin in the running daemon");

@@ -26,6 +26,7 @@
 
 #include "broker/backend.h"
 #include "broker/client/client.h"
+#include "broker/fault_point.h"
 #include "broker/store/keyspace_reader.h"
 #include "broker/uuid.h"
 #include "daemon/handler_run.h"
@@ -438,6 +439,8 @@ void Worker::RunOne(Held held) {
     return;
   }
   HandlerRun run(host_, input, snapshot_.get(), &pending_);
+  // Test-only fault points (broker/fault_point.h); one cached bool each when unset.
+  fault::Hit(fault::Point::kWorkerBeforeHandle);
   if (in_hand_ != nullptr) {
     in_hand_->seq = m.seq;
     in_hand_->id_hi = id.hi;
@@ -450,6 +453,7 @@ void Worker::RunOne(Held held) {
   if (in_hand_ != nullptr) in_hand_->busy.store(0, std::memory_order_release);
   std::string reason = r.reason != nullptr ? std::string(r.reason, strnlen(r.reason, 4096)) : std::string();
   reader_->End();
+  fault::Hit(fault::Point::kWorkerAfterHandle);
 
   sluice_outcome outcome = r.outcome;
   if (!run.failure().ok()) {
@@ -483,6 +487,11 @@ void Worker::RunOne(Held held) {
       }
       pending_.Add(*request, bundle.version, bundle.writes);
       sent_.emplace(*request, Sent{std::move(held), bundle.version});
+      // BundleAsync may only have queued the frame: "sent" means on the socket.
+      if (fault::Due(fault::Point::kWorkerAfterSend)) {
+        (void)conn_->Flush();
+        fault::Die();
+      }
       return;
     }
     case SLUICE_RETRY:
@@ -519,6 +528,7 @@ void Worker::OnAnswer(client::BundleAck answer) {
   }
   switch (answer.status) {
     case wire::BundleStatus::Committed:
+      fault::Hit(fault::Point::kWorkerBeforeAck);
       ++counts_.handled;
       Finished(sent.held);
       return;
@@ -662,6 +672,7 @@ int CheckPluginFile(const std::filesystem::path& path) {
 }
 
 int RunWorker(const WorkerOptions& options) {
+  fault::Init(fault::Process::kWorker);
   log::SetLevel(options.log_level);
   log::SetIdentity(fmt::format("{}[{}]", options.name, options.instance));
   // Die with the daemon: a worker must never outlive the broker it feeds.

@@ -22,6 +22,7 @@
 // taken (init() failed, the store or the broker could not be reached, the connection was lost); a
 // handler that runs longer than handler_timeout is killed with SIGKILL by the watchdog thread, and a
 // crashing handler dies by its signal: both count as crashes of the messages in hand.
+// For tests only, SLUICE_FAULT can kill it at the worker.* steps of a run (broker/fault_point.h).
 //
 // Threads: the main thread runs everything; the watchdog thread only reads two atomics and may kill
 // the process.

@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   build-essential clang meson ninja-build pkg-config
   libuv1-dev liblmdb-dev lmdb-utils libflatbuffers-dev flatbuffers-compiler libtomlplusplus-dev
-  libfmt-dev nlohmann-json3-dev libcli11-dev libsystemd-dev
+  libfmt-dev nlohmann-json3-dev libcli11-dev libsystemd-dev libmicrohttpd-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libcurl4-openssl-dev
   python3 python3-aiosmtpd

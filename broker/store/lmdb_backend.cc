@@ -170,6 +170,7 @@ class LmdbBackend final : public Backend {
   void CommitBundle(BundleRequest request, BundleCallback done) override;
   Result<std::vector<StoredMessage>> Peek(std::string_view topic, uint64_t from_seq, size_t limit) override;
   Result<std::vector<StoredMessage>> Trace(std::string_view correlation_id, size_t limit) override;
+  const StoreMetrics* metrics() const override { return &metrics_; }
 
  private:
   // Ends the loop's read transaction when the outermost entry point returns (so the writer may grow
@@ -226,6 +227,7 @@ class LmdbBackend final : public Backend {
   std::unique_ptr<Env> env_;
   std::unique_ptr<ReadTxn> read_;
   int read_depth_ = 0;
+  StoreMetrics metrics_;  // before writer_: the writer thread observes into it until it stops
   std::unique_ptr<Writer> writer_;
   uv_async_t* async_ = nullptr;
   bool work_scheduled_ = false;
@@ -290,7 +292,7 @@ Status LmdbBackend::Open() {
   for (const TopicConfig& t : options_.topics) configs[t.name] = t;
   uv_async_t* async = async_;
   writer_ = std::make_unique<Writer>(env_.get(), options_.broker, std::move(configs),
-                                     [async] { uv_async_send(async); });
+                                     [async] { uv_async_send(async); }, &metrics_);
   SLUICE_RETURN_IF_ERROR(writer_->Load());
 
   std::vector<WriteOp> ops;

@@ -30,8 +30,12 @@ void Check(int rc, std::string_view what) {
 }  // namespace
 
 Writer::Writer(Env* env, const BrokerConfig& config, std::map<std::string, TopicConfig> topic_configs,
-               std::function<void()> notify)
-    : env_(env), config_(config), topic_configs_(std::move(topic_configs)), notify_(std::move(notify)) {}
+               std::function<void()> notify, StoreMetrics* metrics)
+    : env_(env),
+      config_(config),
+      topic_configs_(std::move(topic_configs)),
+      notify_(std::move(notify)),
+      metrics_(metrics) {}
 
 Writer::~Writer() { Stop(); }
 
@@ -158,6 +162,14 @@ void Writer::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+void Writer::TimedSync() {
+  auto started = std::chrono::steady_clock::now();
+  (void)env_->Sync();
+  if (metrics_ != nullptr) {
+    metrics_->sync_seconds.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  }
+}
+
 void Writer::Run() {
   using Clock = std::chrono::steady_clock;
   Clock::time_point last_sync = Clock::now();
@@ -172,7 +184,7 @@ void Writer::Run() {
         idle_ = false;
         if (queue_.empty()) {
           lock.unlock();
-          (void)env_->Sync();
+          TimedSync();
           lock.lock();
           last_sync = Clock::now();
           unsynced = false;
@@ -191,7 +203,7 @@ void Writer::Run() {
     Commit(&batch);
     if (config_.durability == Durability::kBatch) {
       if (Clock::now() - last_sync >= config_.batch_interval) {
-        (void)env_->Sync();
+        TimedSync();
         last_sync = Clock::now();
         unsynced = false;
       } else {
@@ -229,8 +241,16 @@ void Writer::Commit(Batch* batch) {
     int rc = mdb_txn_begin(env_->env(), nullptr, 0, &txn);
     Status s = rc == 0 ? ApplyOps(txn, batch, refuse_publishes) : LmdbStatus(rc, "beginning a write");
     if (s.ok()) {
+      auto started = std::chrono::steady_clock::now();
       rc = mdb_txn_commit(txn);
-      if (rc == 0) return;
+      if (rc == 0) {
+        if (metrics_ != nullptr) {
+          metrics_->commit_seconds.Observe(
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+          metrics_->commit_batch_ops.Observe(static_cast<double>(batch->ops.size()));
+        }
+        return;
+      }
       s = LmdbStatus(rc, "committing");
     } else if (txn != nullptr) {
       mdb_txn_abort(txn);

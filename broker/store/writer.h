@@ -116,8 +116,9 @@ struct WriterSub {
 class Writer {
  public:
   // `topic_configs` are the configured topics (by name); others get defaults.
+  // `metrics` (may be null) outlives the writer.
   Writer(Env* env, const BrokerConfig& config, std::map<std::string, TopicConfig> topic_configs,
-         std::function<void()> notify);
+         std::function<void()> notify, StoreMetrics* metrics = nullptr);
   ~Writer();
 
   // Loads topics and subscriptions from the store. Called once before Start().
@@ -142,6 +143,8 @@ class Writer {
 
  private:
   void Run();
+  // env_->Sync(), timed into metrics_.
+  void TimedSync();
   void Commit(Batch* batch);
   Status ApplyOps(MDB_txn* txn, Batch* batch, bool refuse_publishes);
   // True when the map is at max_map_size and fewer than a reserve of pages is free.
@@ -167,6 +170,7 @@ class Writer {
   std::map<std::string, TopicConfig> topic_configs_;
   TopicConfig default_topic_;
   std::function<void()> notify_;
+  StoreMetrics* metrics_;
 
   // Writer-thread state (loop thread reads it only before Start()).
   std::unordered_map<std::string, uint32_t> topic_ids_;

@@ -338,7 +338,7 @@ TEST(ConfigErrorTest, UnknownKey) {
   EXPECT_EQ(Error("[[topic]]\nname = \"t\"\nretention = \"1d\"\n"),
             "sluice.toml:3: topic.retention: unknown key");
   EXPECT_EQ(Error("data_dir = \"/x\"\n"), "sluice.toml:1: data_dir: unknown key");
-  EXPECT_EQ(Error("\n[metrics]\nport = 9100\n"), "sluice.toml:2: metrics: unknown section");
+  EXPECT_EQ(Error("\n[telemetry]\nport = 9100\n"), "sluice.toml:2: telemetry: unknown section");
 }
 
 TEST(ConfigErrorTest, WrongType) {
@@ -743,7 +743,7 @@ TEST(KnownConfigKeysTest, ListsEverySectionOnce) {
   const std::vector<std::string> keys = KnownConfigKeys();
   const std::set<std::string> unique(keys.begin(), keys.end());
   EXPECT_EQ(unique.size(), keys.size());
-  EXPECT_EQ(keys.size(), 10u + 9u + 6u + 12u + 11u);
+  EXPECT_EQ(keys.size(), 10u + 9u + 1u + 6u + 12u + 11u);
   for (const char* key :
        {"daemon.data_dir", "daemon.shutdown_timeout", "broker.durability", "broker.default_ack_wait",
         "topic.name", "topic.retention_max_bytes", "subscription.topic", "subscription.start",
@@ -818,8 +818,11 @@ TEST(ShippedConfigTest, LocalDemoConfigKeepsEverythingBesideIt) {
   EXPECT_EQ(c.daemon.broker_socket, dir / "broker.sock");
   EXPECT_EQ(c.daemon.admin_socket, dir / "admin.sock");
   EXPECT_EQ(c.daemon.log_level, LogLevel::kInfo);
-  ASSERT_EQ(c.topics.size(), 1u);
-  EXPECT_EQ(c.topics[0].name, "orders");
+  EXPECT_EQ(c.daemon.plugin_dir, dir / "plugins");
+  ASSERT_EQ(c.topics.size(), 2u);
+  EXPECT_EQ(c.topics[0].name, "order.events");
+  ASSERT_EQ(c.plugins.size(), 3u);
+  EXPECT_EQ(c.plugins[0].name, "order");
 }
 
 }  // namespace

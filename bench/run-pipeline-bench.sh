@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# Runs pipeline-bench against a throwaway sluiced with the four order pipeline plugins: makes a temporary
+# directory, writes a config whose [[plugin]] paths point into the build directory, starts
+# BUILD/daemon/sluiced on it, waits until the inventory plugin answers, runs BUILD/bench/pipeline-bench
+# with the arguments given to this script (plus --socket and --maildir), prints the plugins' counters,
+# then stops the daemon with SIGTERM and removes the directory (KEEP=1 keeps it).
+#
+#   BUILDDIR=build-bench bench/run-pipeline-bench.sh --clients 16 --orders 20000 --runs 3
+#
+# Environment: BUILDDIR (default: build), DURABILITY (sync), INSTANCES (workers per plugin, 1),
+# TMPDIR (where the data goes: put it on the disk you want to measure), KEEP.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=$(realpath "${BUILDDIR:-build}")
+durability=${DURABILITY:-sync}
+instances=${INSTANCES:-1}
+for f in daemon/sluiced daemon/sluicectl bench/pipeline-bench plugins/order/order.so \
+         plugins/inventory/inventory.so plugins/notification/notification.so plugins/analytics/analytics.so; do
+  [[ -e $build/$f ]] || { echo "run-pipeline-bench: $build/$f is missing: ninja -C $build" >&2; exit 2; }
+done
+
+dir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-pipeline-bench-XXXXXX")
+plugin() {  # name, config table
+  printf '[[plugin]]\nname = "%s"\npath = "%s"\ninstances = %s\nconfig = %s\n' \
+    "$1" "$build/plugins/$1/$1.so" "$instances" "$2"
+}
+{
+  cat <<EOF
+[daemon]
+data_dir = "data"
+broker_socket = "broker.sock"
+admin_socket = "admin.sock"
+log_level = "notice"
+[broker]
+durability = "$durability"
+map_size = "1GiB"
+[[topic]]
+name = "order.events"
+retention_max_age = "1h"
+[[topic]]
+name = "inventory.events"
+retention_max_age = "1h"
+EOF
+  plugin order '{ catalog = { "SKU-1" = 1250, "SKU-2" = 499 } }'
+  plugin inventory '{ stock = { "SKU-1" = 1000000000, "SKU-2" = 1000000000 } }'
+  plugin notification '{ from = "shop@example.com", send_confirmation = false }'
+  plugin analytics '{}'
+} >"$dir/sluice.toml"
+
+ctl() { "$build/daemon/sluicectl" --config "$dir/sluice.toml" "$@"; }
+"$build/daemon/sluiced" --config "$dir/sluice.toml" 2>"$dir/sluiced.log" &
+pid=$!
+cleanup() {
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    wait "$pid" 2>/dev/null || true
+  fi
+  if [[ -n ${KEEP:-} ]]; then echo "kept $dir"; else rm -rf "$dir"; fi
+}
+trap cleanup EXIT
+for _ in $(seq 200); do
+  ctl stock show >/dev/null 2>&1 && break
+  kill -0 "$pid" 2>/dev/null || { cat "$dir/sluiced.log" >&2; exit 1; }
+  sleep 0.1
+done
+ctl stock show >/dev/null || { echo "run-pipeline-bench: the inventory plugin does not answer" >&2; exit 1; }
+
+echo "sluiced pid $pid in $dir: durability $durability, $instances worker(s) per plugin, $(nproc) cpus," \
+     "load $(cut -d' ' -f1-3 /proc/loadavg)"
+rc=0
+"$build/bench/pipeline-bench" --socket "$dir/broker.sock" \
+  --maildir "$dir/data/plugins/notification/Maildir" "$@" || rc=$?
+echo "sluiced RssAnon: $(awk '/RssAnon/ {print $2, $3}' "/proc/$pid/status")"
+ctl plugins || true
+exit $rc
