@@ -186,12 +186,7 @@ void Supervisor::Spawn(Worker& w) {
     std::string error = fmt::format("cannot create a socket pair: {}", std::strerror(errno));
     log::Error("{}: {}", w.ident, error);
     p.last_error = error;
-    auto d = p.policy.OnCrash(w.index, static_cast<int64_t>(uv_now(loop_)), Duration(0));
-    if (d.failed) {
-      MarkFailed(p, error);
-    } else {
-      ScheduleRestart(w, d.delay);
-    }
+    StartFailed(p, w, error);
     return;
   }
   // The in-hand page: a failure to make one only costs the crash diagnosis, not the worker.
@@ -302,12 +297,7 @@ void Supervisor::Spawn(Worker& w) {
     w.process = nullptr;
     CloseWorkerHandles(w);
     p.last_error = error;
-    auto d = p.policy.OnCrash(w.index, static_cast<int64_t>(uv_now(loop_)), Duration(0));
-    if (d.failed) {
-      MarkFailed(p, error);
-    } else {
-      ScheduleRestart(w, d.delay);
-    }
+    StartFailed(p, w, error);
     return;
   }
   w.pid = w.process->pid;
@@ -359,6 +349,15 @@ void Supervisor::Retire(std::unique_ptr<Worker> w) {
   w->plugin = nullptr;
   Worker* raw = w.release();
   if (raw->live_handles == 0) delete raw;
+}
+
+void Supervisor::StartFailed(Plugin& p, Worker& w, const std::string& error) {
+  auto d = p.policy.OnCrash(w.index, static_cast<int64_t>(uv_now(loop_)), Duration(0));
+  if (d.failed) {
+    MarkFailed(p, error);
+  } else {
+    ScheduleRestart(w, d.delay);
+  }
 }
 
 void Supervisor::ScheduleRestart(Worker& w, Duration delay) {

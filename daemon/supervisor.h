@@ -94,6 +94,8 @@ class Supervisor {
   void StopPlugin(Plugin& p, bool then_start);
   void Spawn(Worker& w);
   void StopWorker(Worker& w);
+  // A worker could not be started: counts as a crash of its slot (backoff, or the failed state).
+  void StartFailed(Plugin& p, Worker& w, const std::string& error);
   void ScheduleRestart(Worker& w, Duration delay);
   void OnExited(Worker& w, int64_t exit_status, int term_signal);
   void OnStatusLine(Worker& w, std::string_view line);

@@ -203,6 +203,8 @@ class LmdbBackend final : public Backend {
   bool DeliverTo(Consumer* c, Pending p, int64_t now_us);
   Consumer* NextConsumer(Sub* sub);
   void ReleaseKey(Sub* sub, const std::string& key, uint64_t seq);
+  // The key has no message in flight: its oldest held message (if any) becomes the next to deliver.
+  void PromoteHeld(Sub* sub, const std::string& key);
   void HoldOrPark(Sub* sub, Pending p);
   void Requeue(InFlight lease, int64_t not_before_us, std::string_view error, bool crashed);
   void DeadLetterMsg(Sub* sub, const Pending& p, std::string reason, std::string error);
@@ -903,15 +905,18 @@ void LmdbBackend::ReleaseKey(Sub* sub, const std::string& key, uint64_t seq) {
   auto it = sub->key_owner.find(key);
   if (it == sub->key_owner.end() || it->second != seq) return;
   sub->key_owner.erase(it);
+  PromoteHeld(sub, key);
+}
+
+void LmdbBackend::PromoteHeld(Sub* sub, const std::string& key) {
   auto h = sub->held.find(key);
-  if (h != sub->held.end() && !h->second.empty()) {
-    Pending next = std::move(h->second.front());
-    h->second.pop_front();
-    --sub->held_total;
-    if (h->second.empty()) sub->held.erase(h);
-    sub->key_owner[key] = next.seq;
-    sub->front.push_back(std::move(next));
-  }
+  if (h == sub->held.end() || h->second.empty()) return;
+  Pending next = std::move(h->second.front());
+  h->second.pop_front();
+  --sub->held_total;
+  if (h->second.empty()) sub->held.erase(h);
+  sub->key_owner[key] = next.seq;
+  sub->front.push_back(std::move(next));
 }
 
 void LmdbBackend::HoldOrPark(Sub* sub, Pending p) {
@@ -1172,17 +1177,7 @@ void LmdbBackend::RescanKey(Sub* sub, const std::string& key, uint64_t from_seq)
       mdb_cursor_close(cur);
     }
   }
-  if (sub->key_owner.count(key) == 0) {
-    auto h = sub->held.find(key);
-    if (h != sub->held.end() && !h->second.empty()) {
-      Pending next = std::move(h->second.front());
-      h->second.pop_front();
-      --sub->held_total;
-      if (h->second.empty()) sub->held.erase(h);
-      sub->key_owner[key] = next.seq;
-      sub->front.push_back(std::move(next));
-    }
-  }
+  if (sub->key_owner.count(key) == 0) PromoteHeld(sub, key);
 }
 
 // ---- Admin -----------------------------------------------------------------------------------------
