@@ -211,17 +211,27 @@ TEST_F(KeyspaceReaderTest, ClearsTheSlotOfAReaderKilledInATransaction) {
   ASSERT_EQ(Write(dir_, {{"p", "k", 1, "v"}}), 0);
   // A process that keeps the environment open, as the broker does (the last process to open an
   // environment alone resets its reader table, which would hide the stale slot).
-  int hold[2];
+  int hold[2], ready[2];
   ASSERT_EQ(pipe(hold), 0);
+  ASSERT_EQ(pipe(ready), 0);
   pid_t holder = fork();
   if (holder == 0) {
     close(hold[1]);
+    close(ready[0]);
     auto r = KeyspaceReader::Open(dir_, "p");
+    // Only once the holder has the environment open may the next reader die in it: otherwise the
+    // holder would be the first opener and reset the reader table itself.
+    char one = 1;
+    (void)!write(ready[1], &one, 1);
     char c;
     ssize_t n = read(hold[0], &c, 1);
     _exit(r.ok() && n == 0 ? 0 : 1);
   }
   close(hold[0]);
+  close(ready[1]);
+  char opened = 0;
+  ASSERT_EQ(read(ready[0], &opened, 1), 1);
+  close(ready[0]);
   ASSERT_EQ(InChild([this]() -> int {
               auto r = KeyspaceReader::Open(dir_, "p");
               if (!r.ok() || !(*r)->Begin().ok()) return 1;
