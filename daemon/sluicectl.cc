@@ -230,6 +230,29 @@ int Publish(const Globals& g, const std::string& topic, const std::string& key, 
   return kExitOk;
 }
 
+// `bench ARGS...`: runs sluice-bench (installed beside sluicectl, or bench/ in a build tree) against the
+// daemon's broker socket. Returns only when it cannot be started.
+int Bench(const Globals& g, const std::vector<std::string>& extra) {
+  std::string socket = Ctl::SocketPath(g, /*admin=*/false);
+  if (socket.empty()) return kExitUsage;
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  std::string dir = n > 0 ? std::string(self, static_cast<size_t>(n)) : std::string();
+  dir = dir.substr(0, dir.rfind('/') + 1);
+  std::vector<std::string> candidates = {dir + "sluice-bench", dir + "../bench/sluice-bench"};
+  for (const auto& bin : candidates) {
+    if (access(bin.c_str(), X_OK) != 0) continue;
+    std::vector<std::string> args = {bin, "--socket", socket};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(bin.c_str(), argv.data());
+  }
+  std::fprintf(stderr, "sluicectl: bench: sluice-bench is not installed beside sluicectl\n");
+  return kExitFailed;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -423,6 +446,12 @@ int main(int argc, char** argv) {
       return needs_socket(t) ? sluice::ctl::Analytics(t, arg_minutes) : kExitUsage;
     };
   });
+
+  static std::vector<std::string> bench_args;
+  auto* bench = app.add_subcommand("bench", "measure the running daemon with sluice-bench (workloads raw, A, B, "
+                                            "C, D; the arguments after -- go to sluice-bench, see its --help)");
+  bench->add_option("args", bench_args, "arguments for sluice-bench, e.g. -- --workloads A,B --runs 3");
+  bench->callback([&] { action = [&] { return Bench(g, bench_args); }; });
 
   try {
     app.parse(argc, argv);
