@@ -110,11 +110,17 @@ Status CheckDescriptor(const sluice_plugin* raw, std::string_view file, PluginDe
     if (!IsTopicName(s.name)) {
       return refuse(fmt::format("{}: name {} is not a valid subscription name", which, Shown(s.name)));
     }
-    if (s.start != SLUICE_START_LATEST && s.start != SLUICE_START_EARLIEST) {
-      return refuse(fmt::format("{}: unknown start {}", which, static_cast<int>(s.start)));
+    // The plugin may have stored any integer in these C enums: read them as integers, since loading
+    // an out-of-range value through the enum type is undefined behaviour.
+    int start = 0, ordering = 0;
+    static_assert(sizeof start == sizeof s.start && sizeof ordering == sizeof s.ordering);
+    std::memcpy(&start, &s.start, sizeof start);
+    std::memcpy(&ordering, &s.ordering, sizeof ordering);
+    if (start != SLUICE_START_LATEST && start != SLUICE_START_EARLIEST) {
+      return refuse(fmt::format("{}: unknown start {}", which, start));
     }
-    if (s.ordering != SLUICE_ORDERING_NONE && s.ordering != SLUICE_ORDERING_KEY) {
-      return refuse(fmt::format("{}: unknown ordering {}", which, static_cast<int>(s.ordering)));
+    if (ordering != SLUICE_ORDERING_NONE && ordering != SLUICE_ORDERING_KEY) {
+      return refuse(fmt::format("{}: unknown ordering {}", which, ordering));
     }
     for (const PluginSubscription& seen : desc.subscriptions) {
       if (seen.topic == s.topic && seen.name == s.name) {

@@ -455,14 +455,22 @@ void Worker::RunOne(Held held) {
   reader_->End();
   fault::Hit(fault::Point::kWorkerAfterHandle);
 
-  sluice_outcome outcome = r.outcome;
+  // Read as an integer: a plugin may return any value, and loading an out-of-range one through the
+  // enum type would be undefined behaviour.
+  int raw_outcome = 0;
+  static_assert(sizeof raw_outcome == sizeof r.outcome);
+  std::memcpy(&raw_outcome, &r.outcome, sizeof raw_outcome);
+  sluice_outcome outcome = SLUICE_RETRY;
+  if (raw_outcome == SLUICE_OK || raw_outcome == SLUICE_RETRY || raw_outcome == SLUICE_REJECT) {
+    outcome = static_cast<sluice_outcome>(raw_outcome);
+  }
   if (!run.failure().ok()) {
     log::Warning("message seq {}: {}; retrying it", m.seq, run.failure().message());
     outcome = SLUICE_RETRY;
     reason = run.failure().message();
     r.retry_after_ms = 0;
-  } else if (outcome != SLUICE_OK && outcome != SLUICE_RETRY && outcome != SLUICE_REJECT) {
-    reason = fmt::format("handle() returned the unknown outcome {}", static_cast<int>(outcome));
+  } else if (raw_outcome != SLUICE_OK && raw_outcome != SLUICE_RETRY && raw_outcome != SLUICE_REJECT) {
+    reason = fmt::format("handle() returned the unknown outcome {}", raw_outcome);
     log::Warning("message seq {}: {}; retrying it", m.seq, reason);
     outcome = SLUICE_RETRY;
     r.retry_after_ms = 0;

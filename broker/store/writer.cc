@@ -572,7 +572,8 @@ void Writer::ApplyPublish(MDB_txn* txn, WriteOp* op, bool refuse) {
   Check(rc, "appending a message");
   char* p = static_cast<char*>(v.mv_data);
   h.Encode(p);
-  std::memcpy(p + MessageHeader::kSize, key.data(), key.size());
+  // An empty key's data() may be null, which memcpy must not get even for zero bytes.
+  if (!key.empty()) std::memcpy(p + MessageHeader::kSize, key.data(), key.size());
   std::memcpy(p + MessageHeader::kSize + key.size(), req.envelope.data(), size);
   t->rec.last_seq = seq;
   if (t->rec.messages == 0) t->rec.first_seq = seq;
@@ -639,7 +640,7 @@ void Writer::ApplyBundle(MDB_txn* txn, WriteOp* op, bool refuse_publishes) {
       }
       value.resize(8 + w.value.size());
       PutBe64(value.data(), b.version);
-      std::memcpy(value.data() + 8, w.value.data(), w.value.size());
+      if (!w.value.empty()) std::memcpy(value.data() + 8, w.value.data(), w.value.size());
       MDB_val v = MdbVal(value.data(), value.size());
       Check(mdb_put(child, d.kv, &k, &v, 0), "writing a plugin key");
     }
