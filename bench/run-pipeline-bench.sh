@@ -9,13 +9,16 @@
 #
 #   BUILDDIR=build-bench bench/run-pipeline-bench.sh --clients 16 --orders 20000 --runs 3
 #
-# Environment: BUILDDIR (default: build), DURABILITY (sync), INSTANCES (workers per plugin, 1),
-# TMPDIR (where the data goes: put it on the disk you want to measure), KEEP.
+# Environment: BUILDDIR (default: build), DURABILITY (sync), INSTANCES (workers per plugin, 1;
+# ORDER_INSTANCES, INVENTORY_INSTANCES, NOTIFICATION_INSTANCES, ANALYTICS_INSTANCES override it for one),
+# MAILDIR_FSYNC (true: the notification plugin fsyncs each mail and new/, its default), TMPDIR (where the
+# data goes: put it on the disk you want to measure), KEEP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=$(realpath "${BUILDDIR:-build}")
 durability=${DURABILITY:-sync}
 instances=${INSTANCES:-1}
+maildir_fsync=${MAILDIR_FSYNC:-true}
 for f in daemon/sluiced daemon/sluicectl bench/pipeline-bench plugins/order/order.so \
          plugins/inventory/inventory.so plugins/notification/notification.so plugins/analytics/analytics.so; do
   [[ -e $build/$f ]] || { echo "run-pipeline-bench: $build/$f is missing: ninja -C $build" >&2; exit 2; }
@@ -23,8 +26,9 @@ done
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-pipeline-bench-XXXXXX")
 plugin() {  # name, config table
+  local n=${1^^}_INSTANCES
   printf '[[plugin]]\nname = "%s"\npath = "%s"\ninstances = %s\nconfig = %s\n' \
-    "$1" "$build/plugins/$1/$1.so" "$instances" "$2"
+    "$1" "$build/plugins/$1/$1.so" "${!n:-$instances}" "$2"
 }
 {
   cat <<EOF
@@ -45,7 +49,7 @@ retention_max_age = "1h"
 EOF
   plugin order '{ catalog = { "SKU-1" = 1250, "SKU-2" = 499 } }'
   plugin inventory '{ stock = { "SKU-1" = 1000000000, "SKU-2" = 1000000000 } }'
-  plugin notification '{ from = "shop@example.com", send_confirmation = false }'
+  plugin notification "{ from = \"shop@example.com\", send_confirmation = false, maildir_fsync = $maildir_fsync }"
   plugin analytics '{}'
 } >"$dir/sluice.toml"
 
@@ -67,8 +71,10 @@ for _ in $(seq 200); do
 done
 ctl stock show >/dev/null || { echo "run-pipeline-bench: the inventory plugin does not answer" >&2; exit 1; }
 
-echo "sluiced pid $pid in $dir: durability $durability, $instances worker(s) per plugin, $(nproc) cpus," \
-     "load $(cut -d' ' -f1-3 /proc/loadavg)"
+workers=$(awk -F' = ' '/^name/ {n=$2} /^instances/ {gsub(/"/, "", n); printf "%s%s=%s", sep, n, $2; sep=" "}' \
+  "$dir/sluice.toml")
+echo "sluiced pid $pid in $dir: durability $durability, workers $workers, maildir_fsync $maildir_fsync," \
+     "$(nproc) cpus, load $(cut -d' ' -f1-3 /proc/loadavg)"
 rc=0
 "$build/bench/pipeline-bench" --socket "$dir/broker.sock" \
   --maildir "$dir/data/plugins/notification/Maildir" "$@" || rc=$?
