@@ -35,6 +35,23 @@ std::string ReadFile(const std::filesystem::path& p) {
 }  // namespace
 
 std::string SluicedPath() { return Env("SLUICED"); }
+
+bool WaitUntil(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return done();
+}
+
+nlohmann::json CtlJson(const DaemonProcess& d, std::vector<std::string> args) {
+  args.insert(args.begin(), "--json");
+  CommandResult r = d.Ctl(args);
+  if (r.exit_code != 0) return nlohmann::json{{"error", r.err}, {"exit", r.exit_code}};
+  nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
+  return j.is_discarded() ? nlohmann::json{{"error", "not JSON: " + r.out}} : j;
+}
 std::string SluicectlPath() { return Env("SLUICECTL"); }
 
 CommandResult RunCommand(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,

@@ -10,12 +10,14 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "broker/client/client.h"
 
@@ -74,6 +76,12 @@ class DaemonProcess {
   TempDir dir_;
   pid_t pid_ = -1;
 };
+
+// Polls `done` every 20 ms until it holds or `timeout` passes; returns its last answer.
+bool WaitUntil(const std::function<bool()>& done,
+               std::chrono::milliseconds timeout = std::chrono::seconds(20));
+// `sluicectl --json ARGS` parsed; {"error": ..., "exit": N} when it fails or prints no JSON.
+nlohmann::json CtlJson(const DaemonProcess& d, std::vector<std::string> args);
 
 std::string SluicedPath();
 std::string SluicectlPath();

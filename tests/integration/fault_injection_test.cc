@@ -48,24 +48,6 @@ constexpr int kInputs = 20;
 // Mid-stream: earlier bundles are in flight (or still in the worker's send buffer) when it dies.
 constexpr int kFaultAt = 7;
 
-// Polls `done` every 20 ms until it holds or `timeout` passes.
-bool WaitUntil(const std::function<bool()>& done, std::chrono::milliseconds timeout = 20s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (done()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return done();
-}
-
-json CtlJson(const DaemonProcess& d, std::vector<std::string> args) {
-  args.insert(args.begin(), "--json");
-  CommandResult r = d.Ctl(args);
-  if (r.exit_code != 0) return json{{"error", r.err}, {"exit", r.exit_code}};
-  json j = json::parse(r.out, nullptr, false);
-  return j.is_discarded() ? json{{"error", "not JSON: " + r.out}} : j;
-}
-
 json Plugin(const DaemonProcess& d, const std::string& name) {
   for (const auto& p : CtlJson(d, {"plugins"}).value("plugins", json::array())) {
     if (p.value("name", "") == name) return p;

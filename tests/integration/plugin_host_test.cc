@@ -41,24 +41,6 @@ using ::testing::HasSubstr;
 
 std::string PluginDir() { return std::string("plugin_dir = \"") + SLUICE_MOCK_PLUGIN_DIR + "\"\n"; }
 
-// Polls `done` every 20 ms until it holds or `timeout` passes.
-bool WaitUntil(const std::function<bool()>& done, std::chrono::milliseconds timeout = 20s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (done()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return done();
-}
-
-json CtlJson(const DaemonProcess& d, std::vector<std::string> args) {
-  args.insert(args.begin(), "--json");
-  CommandResult r = d.Ctl(args);
-  if (r.exit_code != 0) return json{{"error", r.err}, {"exit", r.exit_code}};
-  json j = json::parse(r.out, nullptr, false);
-  return j.is_discarded() ? json{{"error", "not JSON: " + r.out}} : j;
-}
-
 json Plugin(const DaemonProcess& d, const std::string& name) {
   json all = CtlJson(d, {"plugins"});
   for (const auto& p : all.value("plugins", json::array())) {
