@@ -34,18 +34,13 @@ constexpr size_t kStartHistory = 16;
 // Messages in hand at a worker's death, remembered per plugin and passed to new workers.
 constexpr size_t kMaxSuspects = 16;
 
-enum class WorkerState { kIdle, kStarting, kRunning, kBackoff, kStopping };
+}  // namespace
 
-const char* StateName(WorkerState s) {
-  switch (s) {
-    case WorkerState::kIdle: return "stopped";
-    case WorkerState::kStarting: return "starting";
-    case WorkerState::kRunning: return "running";
-    case WorkerState::kBackoff: return "backoff";
-    case WorkerState::kStopping: return "stopping";
-  }
-  return "unknown";
-}
+// Types of Supervisor::Worker's fields: not in the anonymous namespace, since Worker has external
+// linkage (a unity build would otherwise warn).
+namespace supervisor_detail {
+
+enum class WorkerState { kIdle, kStarting, kRunning, kBackoff, kStopping };
 
 struct Counts {
   uint64_t handled = 0, retried = 0, rejected = 0, conflicts = 0, lease_lost = 0, refused = 0;
@@ -58,6 +53,24 @@ struct Counts {
     refused += o.refused;
   }
 };
+
+}  // namespace supervisor_detail
+
+using supervisor_detail::Counts;
+using supervisor_detail::WorkerState;
+
+namespace {
+
+const char* StateName(WorkerState s) {
+  switch (s) {
+    case WorkerState::kIdle: return "stopped";
+    case WorkerState::kStarting: return "starting";
+    case WorkerState::kRunning: return "running";
+    case WorkerState::kBackoff: return "backoff";
+    case WorkerState::kStopping: return "stopping";
+  }
+  return "unknown";
+}
 
 RestartSettings SettingsOf(const PluginConfig& c) {
   RestartSettings s;
