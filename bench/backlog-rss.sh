@@ -32,7 +32,7 @@ ctl() { "$build/daemon/sluicectl" --config "$dir/sluice.toml" "$@"; }
 pid=$!
 sampler=
 cleanup() {
-  [[ -n $sampler ]] && kill "$sampler" 2>/dev/null || true
+  if [[ -n $sampler ]]; then kill "$sampler" 2>/dev/null || true; fi
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true

@@ -46,7 +46,7 @@ constexpr std::string_view kOrderCancelled = "orders.OrderCancelled";
 struct Options {
   std::string socket = "run/broker.sock";
   int clients = 16;
-  size_t orders = 20000;
+  size_t orders = 10000;
   int runs = 3;
   double rate = 0;  // orders/s over all clients; 0: each client places its next order at once
   std::string sku = "SKU-1";

@@ -7,7 +7,7 @@
 # with the arguments given to this script (plus --socket and --maildir), prints the plugins' counters,
 # then stops the daemon with SIGTERM and removes the directory (KEEP=1 keeps it).
 #
-#   BUILDDIR=build-bench bench/run-pipeline-bench.sh --clients 16 --orders 20000 --runs 3
+#   BUILDDIR=build-bench bench/run-pipeline-bench.sh --clients 16 --orders 10000 --runs 3
 #
 # Environment: BUILDDIR (default: build), DURABILITY (sync), INSTANCES (workers per plugin, 1;
 # ORDER_INSTANCES, INVENTORY_INSTANCES, NOTIFICATION_INSTANCES, ANALYTICS_INSTANCES override it for one),
@@ -56,6 +56,7 @@ EOF
 ctl() { "$build/daemon/sluicectl" --config "$dir/sluice.toml" "$@"; }
 "$build/daemon/sluiced" --config "$dir/sluice.toml" 2>"$dir/sluiced.log" &
 pid=$!
+# shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid"
