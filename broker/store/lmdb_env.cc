@@ -66,7 +66,9 @@ Result<std::unique_ptr<Env>> Env::Open(const std::filesystem::path& data_dir, co
 
   // MDB_NOTLS: read transactions are not tied to a thread (the loop resets and renews one).
   unsigned flags = MDB_NOTLS;
-  if (config.durability != Durability::kSync) flags |= MDB_NOSYNC;
+  // "sync": a commit flushes its data pages; the writer flushes the meta page with the next commit or
+  // on its own (see Writer). Integrity holds either way; only the last commit waits for that flush.
+  flags |= config.durability == Durability::kSync ? MDB_NOMETASYNC : MDB_NOSYNC;
   rc = mdb_env_open(e->env_, e->path_.c_str(), flags, 0640);
   if (rc != 0) return LmdbStatus(rc, fmt::format("opening LMDB environment {}", e->path_.string()));
   MDB_envinfo info;

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -125,22 +126,31 @@ Status Writer::Load() {
 void Writer::Start() {
   started_ = true;
   thread_ = std::thread([this] { Run(); });
+  if (config_.durability == Durability::kSync) syncer_ = std::thread([this] { RunSyncer(); });
+}
+
+void Writer::NoteQueued(const WriteOp& op) {
+  if (op.kind != OpKind::kAck) {
+    ++eager_queued_;
+  } else if (queue_.empty()) {
+    lazy_since_ = std::chrono::steady_clock::now();
+  }
 }
 
 void Writer::Enqueue(std::vector<WriteOp>* ops) {
   if (ops->empty()) return;
   std::lock_guard lock(mu_);
-  if (queue_.empty()) {
-    queue_.swap(*ops);
-  } else {
-    for (auto& op : *ops) queue_.push_back(std::move(op));
-    ops->clear();
+  for (auto& op : *ops) {
+    NoteQueued(op);
+    queue_.push_back(std::move(op));
   }
+  ops->clear();
   if (idle_) cv_.notify_one();
 }
 
 void Writer::Enqueue(WriteOp op) {
   std::lock_guard lock(mu_);
+  NoteQueued(op);
   queue_.push_back(std::move(op));
   if (idle_) cv_.notify_one();
 }
@@ -160,50 +170,107 @@ void Writer::RequestStop() {
 void Writer::Stop() {
   RequestStop();
   if (thread_.joinable()) thread_.join();
+  {
+    std::lock_guard lock(mu_);
+    syncer_stop_ = true;
+    syncer_cv_.notify_one();
+  }
+  if (syncer_.joinable()) syncer_.join();
 }
 
-void Writer::TimedSync() {
+Status Writer::TimedSync() {
   auto started = std::chrono::steady_clock::now();
-  (void)env_->Sync();
+  Status s = env_->Sync();
   if (metrics_ != nullptr) {
     metrics_->sync_seconds.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  }
+  return s;
+}
+
+void Writer::HoldUntilDurable(Batch batch, size_t txn_id) {
+  if (held_.empty() && txn_id == 0) {
+    completed_.push_back(std::move(batch));  // nothing written and nothing before it to wait for
+    return;
+  }
+  // A batch that wrote nothing completes with the one before it.
+  held_.push_back({std::move(batch), txn_id != 0 ? txn_id : held_.back().txn_id});
+  last_txn_id_ = std::max(last_txn_id_, txn_id);
+}
+
+void Writer::ReleaseDurable(size_t txn_id, const Status& status) {
+  bool any = false;
+  while (!held_.empty() && held_.front().txn_id <= txn_id) {
+    Batch& b = held_.front().batch;
+    if (!status.ok()) {
+      for (auto& op : b.ops) op.status = status;
+    }
+    completed_.push_back(std::move(b));
+    held_.pop_front();
+    any = true;
+  }
+  if (any) notify_();
+}
+
+void Writer::RunSyncer() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    // Flush when something waits for its meta page and the writer has nothing to carry it with.
+    syncer_cv_.wait(lock, [&] { return syncer_stop_ || (!held_.empty() && eager_queued_ == 0); });
+    if (syncer_stop_) return;
+    const size_t target = last_txn_id_;  // its meta page was written before this flush starts
+    lock.unlock();
+    Status s = TimedSync();
+    lock.lock();
+    ReleaseDurable(target, s);
   }
 }
 
 void Writer::Run() {
   using Clock = std::chrono::steady_clock;
+  const bool pipelined = config_.durability == Durability::kSync;
   Clock::time_point last_sync = Clock::now();
   bool unsynced = false;
   std::unique_lock lock(mu_);
   for (;;) {
-    if (queue_.empty()) {
+    const bool lazy_only = eager_queued_ == 0;
+    const bool lazy_due = !queue_.empty() && (stop_ || Clock::now() - lazy_since_ >= kLazyAckDelay);
+    if (lazy_only && !lazy_due) {
       if (unsynced && config_.durability == Durability::kBatch) {
-        // Nothing new: the pending sync is due at last_sync + batch_interval at the latest.
+        // Nothing new: the pending sync is due at last_sync + batch_interval at the latest, and
+        // queued acks at lazy_since_ + kLazyAckDelay.
+        Clock::time_point wake = last_sync + config_.batch_interval;
+        if (!queue_.empty()) wake = std::min(wake, lazy_since_ + kLazyAckDelay);
+        const size_t queued = queue_.size();  // a first ack sets a nearer deadline: wake up to take it
         idle_ = true;
-        cv_.wait_until(lock, last_sync + config_.batch_interval, [&] { return !queue_.empty() || stop_; });
+        cv_.wait_until(lock, wake, [&] { return eager_queued_ > 0 || stop_ || queue_.size() != queued; });
         idle_ = false;
-        if (queue_.empty()) {
+        if (eager_queued_ == 0 && (stop_ || Clock::now() - last_sync >= config_.batch_interval)) {
           lock.unlock();
-          TimedSync();
+          (void)TimedSync();
           lock.lock();
           last_sync = Clock::now();
           unsynced = false;
         }
         continue;
       }
-      if (stop_) break;
+      if (stop_ && queue_.empty()) break;
       idle_ = true;
-      cv_.wait(lock, [&] { return !queue_.empty() || stop_; });
+      if (queue_.empty()) {
+        cv_.wait(lock, [&] { return !queue_.empty() || stop_; });
+      } else {
+        cv_.wait_until(lock, lazy_since_ + kLazyAckDelay, [&] { return eager_queued_ > 0 || stop_; });
+      }
       idle_ = false;
       continue;
     }
     Batch batch;
     batch.ops.swap(queue_);
+    eager_queued_ = 0;
     lock.unlock();
-    Commit(&batch);
+    const size_t txn_id = Commit(&batch);
     if (config_.durability == Durability::kBatch) {
       if (Clock::now() - last_sync >= config_.batch_interval) {
-        TimedSync();
+        (void)TimedSync();
         last_sync = Clock::now();
         unsynced = false;
       } else {
@@ -211,8 +278,28 @@ void Writer::Run() {
       }
     }
     lock.lock();
-    completed_.push_back(std::move(batch));
+    if (!pipelined) {
+      completed_.push_back(std::move(batch));
+      notify_();
+      continue;
+    }
+    // The new messages are readable now: their topics go over for delivery first.
+    Batch readable;
+    readable.topics = std::move(batch.topics);
+    batch.topics.clear();
+    completed_.push_back(std::move(readable));
+    // This commit's flush carried the meta pages of every transaction before it.
+    if (txn_id != 0) ReleaseDurable(txn_id - 1, Status::Ok());
+    HoldUntilDurable(std::move(batch), txn_id);
     notify_();
+    if (eager_queued_ == 0) syncer_cv_.notify_one();
+  }
+  if (pipelined && !held_.empty()) {
+    const size_t target = last_txn_id_;
+    lock.unlock();
+    Status s = TimedSync();
+    lock.lock();
+    ReleaseDurable(target, s);
   }
   lock.unlock();
   if (config_.durability != Durability::kSync) (void)env_->Sync();
@@ -223,7 +310,10 @@ void Writer::Run() {
 Status Writer::ApplyNow(std::vector<WriteOp>* ops, std::vector<TopicSnapshot>* topics) {
   Batch batch;
   batch.ops.swap(*ops);
-  Commit(&batch);
+  if (Commit(&batch) != 0 && config_.durability == Durability::kSync) {
+    Status s = TimedSync();  // the meta page (MDB_NOMETASYNC)
+    if (!s.ok()) return s;
+  }
   batch.ops.swap(*ops);
   *topics = std::move(batch.topics);
   for (auto& op : *ops) {
@@ -232,13 +322,14 @@ Status Writer::ApplyNow(std::vector<WriteOp>* ops, std::vector<TopicSnapshot>* t
   return Status::Ok();
 }
 
-void Writer::Commit(Batch* batch) {
+size_t Writer::Commit(Batch* batch) {
   bool refuse_publishes = false;
   for (int attempt = 0;; ++attempt) {
     for (auto& op : batch->ops) op.status = Status::Ok();
     batch->topics.clear();
     MDB_txn* txn = nullptr;
     int rc = mdb_txn_begin(env_->env(), nullptr, 0, &txn);
+    const size_t txn_id = rc == 0 ? mdb_txn_id(txn) : 0;
     Status s = rc == 0 ? ApplyOps(txn, batch, refuse_publishes) : LmdbStatus(rc, "beginning a write");
     if (s.ok()) {
       auto started = std::chrono::steady_clock::now();
@@ -249,7 +340,9 @@ void Writer::Commit(Batch* batch) {
               std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
           metrics_->commit_batch_ops.Observe(static_cast<double>(batch->ops.size()));
         }
-        return;
+        // A transaction that changed nothing commits without writing (or flushing) anything.
+        MDB_envinfo info;
+        return mdb_env_info(env_->env(), &info) == 0 && info.me_last_txnid == txn_id ? txn_id : 0;
       }
       s = LmdbStatus(rc, "committing");
     } else if (txn != nullptr) {
@@ -266,7 +359,7 @@ void Writer::Commit(Batch* batch) {
     }
     for (auto& op : batch->ops) op.status = s;
     batch->topics.clear();
-    return;
+    return 0;
   }
 }
 

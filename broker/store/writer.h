@@ -10,6 +10,15 @@
 // cursor of every subscription as last reported by the loop, so it can enforce topic limits and
 // "block" backlogs at publish time and delete messages once every subscription is past them.
 //
+// With durability "sync" the environment runs with MDB_NOMETASYNC, which makes a commit one flush (its
+// data pages) instead of two, and takes the second off the writer's path: the meta page a commit writes
+// reaches the disk with the next commit's flush, or with the syncer thread's flush when no other op is
+// waiting, whichever ends first. A batch is therefore handed back twice: first its topic snapshots, as
+// soon as its transaction is committed and readable (new messages may be delivered), then its ops, in
+// commit order, once its meta page is flushed (PublishAcks, bundle results). Only a power failure
+// between the two can take back a delivered message, and its publisher never got a PublishAck for it. Acks are lazy: a batch of nothing but acks waits up to
+// kLazyAckDelay for other work to ride along with, because a lost ack costs a redelivery, not data.
+//
 // Failure modes: an op that breaks a rule (topic full, unknown topic, bad envelope) fails alone with its
 // own Status. MDB_MAP_FULL first grows the map up to max_map_size and retries the batch; at the limit
 // the batch is retried without its publishes (kStorageFull for them) so acks and cursors still commit;
@@ -18,8 +27,10 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -115,6 +126,8 @@ struct WriterSub {
 
 class Writer {
  public:
+  static constexpr std::chrono::milliseconds kLazyAckDelay{2};
+
   // `topic_configs` are the configured topics (by name); others get defaults.
   // `metrics` (may be null) outlives the writer.
   Writer(Env* env, const BrokerConfig& config, std::map<std::string, TopicConfig> topic_configs,
@@ -144,8 +157,17 @@ class Writer {
  private:
   void Run();
   // env_->Sync(), timed into metrics_.
-  void TimedSync();
-  void Commit(Batch* batch);
+  Status TimedSync();
+  // Applies and commits the batch. Returns the id of the transaction that reached the store (with
+  // "sync": whose data pages are on disk), or 0 when the batch failed or wrote nothing.
+  size_t Commit(Batch* batch);
+  // "sync": hands a committed batch's ops back once the meta page of `txn_id` is flushed (under mu_).
+  void HoldUntilDurable(Batch batch, size_t txn_id);
+  // Every held batch up to `txn_id` is durable (or, with an error, not known to be): hand it back.
+  void ReleaseDurable(size_t txn_id, const Status& status);
+  void RunSyncer();
+  // Counts an op into eager_queued_ / lazy_since_ (under mu_).
+  void NoteQueued(const WriteOp& op);
   Status ApplyOps(MDB_txn* txn, Batch* batch, bool refuse_publishes);
   // True when the map is at max_map_size and fewer than a reserve of pages is free.
   bool NearFull() const;
@@ -186,8 +208,19 @@ class Writer {
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<WriteOp> queue_;
+  size_t eager_queued_ = 0;                             // ops in queue_ that are not lazy acks
+  std::chrono::steady_clock::time_point lazy_since_{};  // when the oldest queued lazy ack came
   bool idle_ = false;
   bool stop_ = false;
+  struct Held {
+    Batch batch;
+    size_t txn_id = 0;
+  };
+  std::deque<Held> held_;     // committed, meta page not yet known flushed; commit order
+  size_t last_txn_id_ = 0;    // the newest committed transaction
+  bool syncer_stop_ = false;
+  std::condition_variable syncer_cv_;
+  std::thread syncer_;
   std::vector<Batch> completed_;
   std::thread thread_;
   std::atomic<bool> exited_{false};

@@ -1,0 +1,556 @@
+// SPDX-License-Identifier: MIT
+//
+// The store's group commit (broker/store/writer.h) as its one caller, LmdbBackend, sees it: WriteOps go
+// in with Enqueue(), batches come back through `notify` and TakeCompleted(). With durability "sync" a
+// batch comes back twice, its topic snapshots first (its messages are readable) and its ops once its
+// meta page is flushed; "batch" and "none" hand each batch back once. Acks are lazy: alone they wait a
+// little for other work, and they ride along with it. Waits are bounded; nothing here sleeps.
+#include <lmdb.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "broker/envelope.h"
+#include "broker/store/format.h"
+#include "broker/store/lmdb_env.h"
+#include "broker/store/writer.h"
+#include "broker/uuid.h"
+
+namespace sluice::broker::store {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Generous: the machine may be busy with other builds; a healthy writer answers in milliseconds.
+constexpr auto kDeadline = 10s;
+constexpr char kTopic[] = "orders";
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/sluice-writer-test-XXXXXX";
+    path_ = mkdtemp(tmpl);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+int64_t NowUs() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// As LmdbBackend::Publish gets it: the client's envelope rebuilt by BuildStoredEnvelope.
+WriteOp PublishOp(const std::string& topic, const std::string& payload) {
+  EnvelopeFields f;
+  f.topic = topic;
+  f.type = "test.Message";
+  f.payload = payload;
+  std::string client;
+  BuildEnvelope(f, &client);
+  WriteOp op;
+  op.kind = OpKind::kPublish;
+  op.now_us = NowUs();
+  op.publish.topic = topic;
+  op.publish.publish_time_us = op.now_us;
+  op.publish.id = NewUuidV7(op.now_us / 1000);
+  auto in = ReadEnvelope(client);
+  if (in.ok()) BuildStoredEnvelope(**in, op.publish.id, op.now_us, "writer-test", &op.publish.envelope);
+  return op;
+}
+
+WriteOp CreateSubOp(const std::string& topic, const std::string& name) {
+  WriteOp op;
+  op.kind = OpKind::kCreateSub;
+  op.now_us = NowUs();
+  op.sub_config.topic = topic;
+  op.sub_config.name = name;
+  op.sub_config.start = StartPointKind::kEarliest;
+  return op;
+}
+
+// As LmdbBackend::FlushAcks builds it: the new floor and the seqs acked above it.
+WriteOp AckOp(uint32_t sub_id, uint64_t floor, std::vector<uint64_t> above) {
+  WriteOp op;
+  op.kind = OpKind::kAck;
+  op.now_us = NowUs();
+  op.sub_id = sub_id;
+  op.floor = floor;
+  op.acked_above = above.size();
+  op.seqs = std::move(above);
+  return op;
+}
+
+std::string PayloadOf(const std::string& envelope) {
+  auto env = ReadEnvelope(envelope);
+  if (!env.ok() || (*env)->payload() == nullptr) return "<unreadable>";
+  return std::string(reinterpret_cast<const char*>((*env)->payload()->data()), (*env)->payload()->size());
+}
+
+struct StoredMessage {
+  uint64_t seq = 0;  // as written into the envelope
+  std::string payload;
+};
+
+// Reads a message the way the loop does: a fresh read-only transaction of its own.
+std::optional<StoredMessage> ReadMessage(Env* env, uint32_t topic_id, uint64_t seq) {
+  ReadTxn read(env);
+  if (!read.Begin().ok()) return std::nullopt;
+  SeqKey key(topic_id, seq);
+  MDB_val k = MdbVal(key.bytes, sizeof key.bytes), v;
+  if (mdb_get(read.txn(), env->dbi().messages, &k, &v) != 0) return std::nullopt;
+  const char* p = static_cast<const char*>(v.mv_data);
+  MessageHeader h;
+  if (!h.Decode(p, v.mv_size)) return std::nullopt;
+  std::string envelope(h.Envelope(p));  // a copy: FlatBuffers need the alignment LMDB values lack
+  auto parsed = ReadEnvelope(envelope);
+  if (!parsed.ok()) return std::nullopt;
+  return StoredMessage{(*parsed)->seq(), PayloadOf(envelope)};
+}
+
+// Where an op came back: the index of its Batch in the order TakeCompleted handed them out.
+struct Returned {
+  size_t batch = 0;
+  const WriteOp* op = nullptr;
+};
+
+class WriterTest : public ::testing::Test {
+ protected:
+  ~WriterTest() override {
+    if (writer_) writer_->Stop();
+  }
+
+  void OpenEnv(Durability durability) {
+    config_.durability = durability;
+    auto env = Env::Open(dir_.path(), config_);
+    ASSERT_TRUE(env.ok()) << env.status().ToString();
+    env_ = std::move(*env);
+  }
+
+  // Opens the env and a loaded writer; Start() is left to the test (ApplyNow must come before it).
+  void OpenWriter(Durability durability) {
+    OpenEnv(durability);
+    if (env_ == nullptr) return;
+    writer_ = std::make_unique<Writer>(env_.get(), config_, std::map<std::string, TopicConfig>{}, [this] {
+      // Runs on the writer (or syncer) thread with the writer's lock held: count and signal only.
+      std::lock_guard lock(notify_mu_);
+      ++notifications_;
+      notify_cv_.notify_all();
+    });
+    Status s = writer_->Load();
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+
+  void StartWriter(Durability durability) {
+    OpenWriter(durability);
+    if (writer_ != nullptr) writer_->Start();
+  }
+
+  // Moves what the writer completed into batches_; `on_new` sees each new batch as it arrives.
+  void Drain(const std::function<void(const Batch&)>& on_new = {}) {
+    std::vector<Batch> got;
+    writer_->TakeCompleted(&got);
+    for (Batch& b : got) {
+      batches_.push_back(std::move(b));
+      if (on_new) on_new(batches_.back());
+    }
+  }
+
+  // Drains until `done()` holds or the deadline passes; woken by `notify`, never by a sleep.
+  bool WaitUntil(const std::function<bool()>& done, const std::function<void(const Batch&)>& on_new = {}) {
+    const auto deadline = std::chrono::steady_clock::now() + kDeadline;
+    for (;;) {
+      uint64_t seen;
+      {
+        std::lock_guard lock(notify_mu_);
+        seen = notifications_;
+      }
+      Drain(on_new);
+      if (done()) return true;
+      std::unique_lock lock(notify_mu_);
+      if (!notify_cv_.wait_until(lock, deadline, [&] { return notifications_ != seen; })) {
+        lock.unlock();
+        Drain(on_new);
+        return done();
+      }
+    }
+  }
+
+  // Enqueues `count` publishes to `topic` in calls of `per_call` ops; returns their ids in order.
+  std::vector<Uuid> EnqueuePublishes(const std::string& topic, int count, int per_call) {
+    std::vector<Uuid> ids;
+    std::vector<WriteOp> ops;
+    for (int i = 0; i < count; ++i) {
+      ops.push_back(PublishOp(topic, "m" + std::to_string(ids.size())));
+      ids.push_back(ops.back().publish.id);
+      if (static_cast<int>(ops.size()) == per_call || i + 1 == count) writer_->Enqueue(&ops);
+    }
+    return ids;
+  }
+
+  std::vector<Returned> ReturnedOps(OpKind kind) const {
+    std::vector<Returned> out;
+    for (size_t b = 0; b < batches_.size(); ++b) {
+      for (const WriteOp& op : batches_[b].ops) {
+        if (op.kind == kind) out.push_back({b, &op});
+      }
+    }
+    return out;
+  }
+
+  size_t CountReturned(OpKind kind) const { return ReturnedOps(kind).size(); }
+
+  std::optional<Returned> FindPublish(const Uuid& id) const {
+    for (const Returned& r : ReturnedOps(OpKind::kPublish)) {
+      if (r.op->publish.id == id) return r;
+    }
+    return std::nullopt;
+  }
+
+  // The first batch carrying a snapshot of `topic` that covers `seq` (the message is readable).
+  std::optional<size_t> FirstSnapshotCovering(const std::string& topic, uint64_t seq) const {
+    for (size_t b = 0; b < batches_.size(); ++b) {
+      for (const TopicSnapshot& t : batches_[b].topics) {
+        if (t.name == topic && t.rec.last_seq >= seq) return b;
+      }
+    }
+    return std::nullopt;
+  }
+
+  // Every publish in `ids` came back exactly once, OK, in enqueue order, with seqs first_seq.. in order.
+  void ExpectPublishesInOrder(const std::vector<Uuid>& ids, uint64_t first_seq) const {
+    std::map<Uuid, size_t> index;
+    for (size_t i = 0; i < ids.size(); ++i) index[ids[i]] = i;
+    std::vector<size_t> order;
+    for (const Returned& r : ReturnedOps(OpKind::kPublish)) {
+      auto it = index.find(r.op->publish.id);
+      if (it == index.end()) continue;
+      EXPECT_TRUE(r.op->status.ok()) << "publish " << it->second << ": " << r.op->status.ToString();
+      EXPECT_EQ(r.op->publish_result.seq, first_seq + it->second) << "publish " << it->second;
+      EXPECT_FALSE(r.op->publish_result.duplicate) << "publish " << it->second;
+      order.push_back(it->second);
+    }
+    std::vector<size_t> expected(ids.size());
+    for (size_t i = 0; i < expected.size(); ++i) expected[i] = i;
+    EXPECT_EQ(order, expected) << "publishes came back missing, twice or out of enqueue order";
+  }
+
+  // Opens a second writer on the env (not started) and loads what the store holds.
+  std::unique_ptr<Writer> LoadedCopy() {
+    auto w = std::make_unique<Writer>(env_.get(), config_, std::map<std::string, TopicConfig>{}, [] {});
+    Status s = w->Load();
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return w;
+  }
+
+  static const WriterTopic* FindTopic(const Writer& w, const std::string& name) {
+    for (const auto& [id, t] : w.topics()) {
+      if (t.name == name) return &t;
+    }
+    return nullptr;
+  }
+
+  // Creates subscription "s1" on kTopic and publishes `count` messages, all committed; returns its id.
+  uint32_t SubscribeAndPublish(int count) {
+    std::vector<WriteOp> ops;
+    ops.push_back(CreateSubOp(kTopic, "s1"));
+    writer_->Enqueue(&ops);
+    std::vector<Uuid> ids = EnqueuePublishes(kTopic, count, count);
+    EXPECT_TRUE(WaitUntil([&] { return CountReturned(OpKind::kCreateSub) == 1 &&
+                                       CountReturned(OpKind::kPublish) == ids.size(); }));
+    auto created = ReturnedOps(OpKind::kCreateSub);
+    if (created.empty()) return 0;
+    EXPECT_TRUE(created[0].op->status.ok()) << created[0].op->status.ToString();
+    EXPECT_NE(created[0].op->sub_record.id, 0u);
+    return created[0].op->sub_record.id;
+  }
+
+  TempDir dir_;
+  BrokerConfig config_;
+  std::unique_ptr<Env> env_;
+  std::unique_ptr<Writer> writer_;
+  std::vector<Batch> batches_;
+
+  std::mutex notify_mu_;
+  std::condition_variable notify_cv_;
+  uint64_t notifications_ = 0;
+};
+
+class WriterDurabilityTest : public WriterTest, public ::testing::WithParamInterface<Durability> {};
+
+std::string DurabilityName(const ::testing::TestParamInfo<Durability>& info) {
+  switch (info.param) {
+    case Durability::kSync: return "Sync";
+    case Durability::kBatch: return "Batch";
+    case Durability::kNone: return "None";
+  }
+  return "Unknown";
+}
+
+// ---- durability "sync": readable first, acknowledged once flushed ----------------------------------
+
+TEST_F(WriterTest, SyncHandsBackTopicsBeforeOpsAndOpsInEnqueueOrder) {
+  StartWriter(Durability::kSync);
+  ASSERT_NE(writer_, nullptr);
+  constexpr int kCount = 50;
+  std::vector<Uuid> ids = EnqueuePublishes(kTopic, kCount, 7);
+  ASSERT_TRUE(WaitUntil([&] { return CountReturned(OpKind::kPublish) >= kCount; }))
+      << CountReturned(OpKind::kPublish) << " of " << kCount << " publishes came back";
+  writer_->Stop();
+  Drain();
+  EXPECT_TRUE(writer_->stopped());
+
+  ExpectPublishesInOrder(ids, 1);
+  EXPECT_EQ(CountReturned(OpKind::kPublish), static_cast<size_t>(kCount));
+  for (size_t b = 0; b < batches_.size(); ++b) {
+    // Each commit comes back in two halves: snapshots (readable), then ops (durable).
+    EXPECT_TRUE(batches_[b].ops.empty() || batches_[b].topics.empty()) << "batch " << b << " was not split";
+  }
+  for (const Returned& r : ReturnedOps(OpKind::kPublish)) {
+    auto readable = FirstSnapshotCovering(kTopic, r.op->publish_result.seq);
+    ASSERT_TRUE(readable.has_value()) << "no topic snapshot covers seq " << r.op->publish_result.seq;
+    EXPECT_LE(*readable, r.batch) << "seq " << r.op->publish_result.seq
+                                  << " was acknowledged before its topic snapshot went out";
+  }
+}
+
+TEST_F(WriterTest, SyncHandedBackMessagesAreReadableAndSurviveReopen) {
+  StartWriter(Durability::kSync);
+  ASSERT_NE(writer_, nullptr);
+  constexpr int kCount = 50;
+  std::vector<Uuid> ids = EnqueuePublishes(kTopic, kCount, 10);
+  size_t checked_publishes = 0, checked_snapshots = 0;
+  // Checked as each batch arrives, with a fresh read transaction, as the loop would read.
+  auto check = [&](const Batch& b) {
+    for (const TopicSnapshot& t : b.topics) {
+      if (t.rec.messages == 0) continue;
+      auto m = ReadMessage(env_.get(), t.rec.id, t.rec.last_seq);
+      EXPECT_TRUE(m.has_value()) << "snapshot of seq " << t.rec.last_seq << " came before the message is readable";
+      ++checked_snapshots;
+    }
+    for (const WriteOp& op : b.ops) {
+      if (op.kind != OpKind::kPublish || !op.status.ok()) continue;
+      auto m = ReadMessage(env_.get(), op.topic_id, op.publish_result.seq);
+      ASSERT_TRUE(m.has_value()) << "seq " << op.publish_result.seq << " was acknowledged but is not readable";
+      EXPECT_EQ(m->seq, op.publish_result.seq);
+      EXPECT_EQ(m->payload, "m" + std::to_string(op.publish_result.seq - 1));
+      ++checked_publishes;
+    }
+  };
+  ASSERT_TRUE(WaitUntil([&] { return CountReturned(OpKind::kPublish) >= kCount; }, check));
+  EXPECT_EQ(checked_publishes, static_cast<size_t>(kCount));
+  EXPECT_GT(checked_snapshots, 0u);
+  ExpectPublishesInOrder(ids, 1);
+  const uint32_t topic_id = ReturnedOps(OpKind::kPublish).front().op->topic_id;
+
+  writer_->Stop();
+  writer_.reset();
+  env_.reset();
+  OpenEnv(Durability::kSync);
+  ASSERT_NE(env_, nullptr);
+  for (uint64_t seq = 1; seq <= kCount; ++seq) {
+    auto m = ReadMessage(env_.get(), topic_id, seq);
+    ASSERT_TRUE(m.has_value()) << "seq " << seq << " is gone after reopening";
+    EXPECT_EQ(m->seq, seq);
+    EXPECT_EQ(m->payload, "m" + std::to_string(seq - 1));
+  }
+  auto loaded = LoadedCopy();
+  const WriterTopic* t = FindTopic(*loaded, kTopic);
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->rec.last_seq, static_cast<uint64_t>(kCount));
+  EXPECT_EQ(t->rec.messages, static_cast<uint64_t>(kCount));
+}
+
+// ---- durability "batch" and "none": one hand-back per batch -------------------------------------------
+
+class WriterUnsplitTest : public WriterDurabilityTest {};
+
+TEST_P(WriterUnsplitTest, EachBatchComesBackOnceWithTopicsAndOps) {
+  StartWriter(GetParam());
+  ASSERT_NE(writer_, nullptr);
+  constexpr int kCount = 50;
+  std::vector<Uuid> ids = EnqueuePublishes(kTopic, kCount, 7);
+  ASSERT_TRUE(WaitUntil([&] { return CountReturned(OpKind::kPublish) >= kCount; }));
+  writer_->Stop();
+  Drain();
+
+  ExpectPublishesInOrder(ids, 1);
+  EXPECT_EQ(CountReturned(OpKind::kPublish), static_cast<size_t>(kCount));
+  for (size_t b = 0; b < batches_.size(); ++b) {
+    const Batch& batch = batches_[b];
+    EXPECT_FALSE(batch.ops.empty()) << "batch " << b << " came back without its ops";
+    uint64_t last_seq = 0;
+    for (const WriteOp& op : batch.ops) last_seq = std::max(last_seq, op.publish_result.seq);
+    const TopicSnapshot* snap = nullptr;
+    for (const TopicSnapshot& t : batch.topics) {
+      if (t.name == kTopic) snap = &t;
+    }
+    ASSERT_NE(snap, nullptr) << "batch " << b << " came back without its topic snapshot";
+    EXPECT_EQ(snap->rec.last_seq, last_seq) << "batch " << b;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Durabilities, WriterUnsplitTest, ::testing::Values(Durability::kBatch, Durability::kNone),
+                         DurabilityName);
+
+// ---- lazy acks -----------------------------------------------------------------------------------------
+
+TEST_P(WriterDurabilityTest, LoneAckIsCommittedAndStored) {
+  StartWriter(GetParam());
+  ASSERT_NE(writer_, nullptr);
+  const uint32_t sub = SubscribeAndPublish(5);
+  ASSERT_NE(sub, 0u);
+  const size_t batches_before = batches_.size();
+
+  const auto enqueued = std::chrono::steady_clock::now();
+  writer_->Enqueue(AckOp(sub, 3, {5}));
+  ASSERT_TRUE(WaitUntil([&] { return CountReturned(OpKind::kAck) == 1; })) << "a lone ack was never committed";
+  const auto returned = std::chrono::steady_clock::now();
+  const Returned ack = ReturnedOps(OpKind::kAck).front();
+  EXPECT_TRUE(ack.op->status.ok()) << ack.op->status.ToString();
+  EXPECT_GE(ack.batch, batches_before);
+  EXPECT_EQ(batches_[ack.batch].ops.size(), 1u);
+  // A lower bound only, which a slow machine can only make longer: a lone ack is held back for other
+  // work to ride along with, so it cannot have come back sooner than kLazyAckDelay.
+  EXPECT_GE(returned - enqueued, Writer::kLazyAckDelay) << "a lone ack was committed without waiting";
+
+  writer_->Stop();
+  ASSERT_EQ(writer_->subs().count(sub), 1u);
+  EXPECT_EQ(writer_->subs().at(sub).rec.floor, 3u);
+  EXPECT_EQ(writer_->subs().at(sub).acked_above, 1u);
+  auto loaded = LoadedCopy();
+  ASSERT_EQ(loaded->subs().count(sub), 1u);
+  EXPECT_EQ(loaded->subs().at(sub).rec.floor, 3u) << "the ack's floor did not reach the store";
+  EXPECT_EQ(loaded->subs().at(sub).acked_above, 1u) << "the ack of seq 5 did not reach the store";
+}
+
+// Durability "batch" owes a sync after a commit (at the latest batch_interval after the last one); a
+// lone ack must not wait for it, only for kLazyAckDelay.
+TEST_F(WriterTest, BatchLoneAckDoesNotWaitForThePendingSync) {
+  config_.batch_interval = std::chrono::hours(1);  // far beyond the wait below
+  StartWriter(Durability::kBatch);
+  ASSERT_NE(writer_, nullptr);
+  const uint32_t sub = SubscribeAndPublish(2);  // committed, its sync still pending
+  ASSERT_NE(sub, 0u);
+  writer_->Enqueue(AckOp(sub, 2, {}));
+  EXPECT_TRUE(WaitUntil([&] { return CountReturned(OpKind::kAck) == 1; }))
+      << "a lone ack waited for the batch sync instead of kLazyAckDelay";
+  writer_->Stop();
+  Drain();
+  auto acks = ReturnedOps(OpKind::kAck);
+  ASSERT_EQ(acks.size(), 1u);
+  EXPECT_TRUE(acks[0].op->status.ok()) << acks[0].op->status.ToString();
+}
+
+TEST_P(WriterDurabilityTest, AckRidesAlongWithAPublish) {
+  StartWriter(GetParam());
+  ASSERT_NE(writer_, nullptr);
+  const uint32_t sub = SubscribeAndPublish(1);
+  ASSERT_NE(sub, 0u);
+
+  // Enqueued together: one batch.
+  std::vector<WriteOp> together;
+  together.push_back(AckOp(sub, 1, {}));
+  together.push_back(PublishOp(kTopic, "with-ack"));
+  const Uuid with_ack = together.back().publish.id;
+  writer_->Enqueue(&together);
+  ASSERT_TRUE(WaitUntil([&] { return CountReturned(OpKind::kAck) == 1 && FindPublish(with_ack).has_value(); }));
+  Returned first_ack = ReturnedOps(OpKind::kAck)[0];
+  EXPECT_TRUE(first_ack.op->status.ok()) << first_ack.op->status.ToString();
+  EXPECT_EQ(first_ack.batch, FindPublish(with_ack)->batch) << "an ack enqueued with a publish was committed apart";
+
+  // Enqueued just before a publish while the writer is busy: it must not be committed alone. A write
+  // transaction of this thread holds LMDB's writer lock, so the writer thread stays in its commit (of
+  // `busy`, or of whatever it took) until both are queued.
+  MDB_txn* hold = nullptr;
+  ASSERT_EQ(mdb_txn_begin(env_->env(), nullptr, 0, &hold), 0);
+  writer_->Enqueue(PublishOp(kTopic, "busy"));
+  writer_->Enqueue(AckOp(sub, 2, {}));
+  writer_->Enqueue(PublishOp(kTopic, "after-ack"));
+  mdb_txn_abort(hold);
+  ASSERT_TRUE(WaitUntil([&] { return CountReturned(OpKind::kAck) == 2 && CountReturned(OpKind::kPublish) == 4; }));
+  Returned second_ack = ReturnedOps(OpKind::kAck)[1];
+  EXPECT_TRUE(second_ack.op->status.ok()) << second_ack.op->status.ToString();
+  const auto& ops = batches_[second_ack.batch].ops;
+  EXPECT_TRUE(std::any_of(ops.begin(), ops.end(), [](const WriteOp& op) { return op.kind == OpKind::kPublish; }))
+      << "an ack enqueued between two publishes was committed alone";
+
+  writer_->Stop();
+  auto loaded = LoadedCopy();
+  ASSERT_EQ(loaded->subs().count(sub), 1u);
+  EXPECT_EQ(loaded->subs().at(sub).rec.floor, 2u);
+}
+
+// ---- Stop() loses nothing that was queued ----------------------------------------------------------------
+
+TEST_P(WriterDurabilityTest, StopCommitsEverythingQueued) {
+  OpenWriter(GetParam());
+  ASSERT_NE(writer_, nullptr);
+  // The subscription exists before Start(), as configured ones do.
+  std::vector<WriteOp> setup;
+  setup.push_back(CreateSubOp(kTopic, "s1"));
+  std::vector<TopicSnapshot> snapshots;
+  Status s = writer_->ApplyNow(&setup, &snapshots);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  const uint32_t sub = setup[0].sub_record.id;
+  ASSERT_NE(sub, 0u);
+  writer_->Start();
+
+  constexpr int kCount = 30;
+  std::vector<Uuid> ids = EnqueuePublishes(kTopic, kCount, 10);
+  writer_->Enqueue(AckOp(sub, 2, {4}));
+  writer_->Stop();
+  EXPECT_TRUE(writer_->stopped());
+  Drain();
+
+  ExpectPublishesInOrder(ids, 1);
+  auto acks = ReturnedOps(OpKind::kAck);
+  ASSERT_EQ(acks.size(), 1u) << "the queued ack was lost by Stop()";
+  EXPECT_TRUE(acks[0].op->status.ok()) << acks[0].op->status.ToString();
+  auto loaded = LoadedCopy();
+  const WriterTopic* t = FindTopic(*loaded, kTopic);
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->rec.last_seq, static_cast<uint64_t>(kCount));
+  ASSERT_EQ(loaded->subs().count(sub), 1u);
+  EXPECT_EQ(loaded->subs().at(sub).rec.floor, 2u);
+  EXPECT_EQ(loaded->subs().at(sub).acked_above, 1u);
+}
+
+TEST_P(WriterDurabilityTest, StopCommitsALoneLazyAck) {
+  StartWriter(GetParam());
+  ASSERT_NE(writer_, nullptr);
+  const uint32_t sub = SubscribeAndPublish(3);
+  ASSERT_NE(sub, 0u);
+  // Stop() right away: the ack is still waiting for company (or just committed), and must not be lost.
+  writer_->Enqueue(AckOp(sub, 3, {}));
+  writer_->Stop();
+  Drain();
+  auto acks = ReturnedOps(OpKind::kAck);
+  ASSERT_EQ(acks.size(), 1u) << "a lazy ack queued at Stop() was lost";
+  EXPECT_TRUE(acks[0].op->status.ok()) << acks[0].op->status.ToString();
+  auto loaded = LoadedCopy();
+  ASSERT_EQ(loaded->subs().count(sub), 1u);
+  EXPECT_EQ(loaded->subs().at(sub).rec.floor, 3u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Durabilities, WriterDurabilityTest,
+                         ::testing::Values(Durability::kSync, Durability::kBatch, Durability::kNone), DurabilityName);
+
+}  // namespace
+}  // namespace sluice::broker::store
