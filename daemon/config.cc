@@ -617,11 +617,11 @@ const std::vector<KeyDef<BrokerConfig>>& BrokerKeys() {
   using C = BrokerConfig;
   static const auto* const keys = new std::vector<KeyDef<C>>{
       K::Enum("durability", &C::durability, kDurabilities).Restart(),
-      K::Dur("batch_interval", &C::batch_interval, milliseconds(1), seconds(10)),
+      K::Dur("batch_interval", &C::batch_interval, milliseconds(1), seconds(10)).Restart(),
       K::Size("map_size", &C::map_size, kMiB).Restart(),
-      K::Size("max_map_size", &C::max_map_size, kMiB),
-      K::Bool("auto_create_topics", &C::auto_create_topics),
-      K::Dur("dedupe_window", &C::dedupe_window, Duration(0), 7 * kDay),
+      K::Size("max_map_size", &C::max_map_size, kMiB).Restart(),
+      K::Bool("auto_create_topics", &C::auto_create_topics).Restart(),
+      K::Dur("dedupe_window", &C::dedupe_window, Duration(0), 7 * kDay).Restart(),
       K::Size("max_message_bytes", &C::max_message_bytes, kKiB, 256 * kMiB),
       K::Int("default_max_deliveries", &C::default_max_deliveries, 1, 1000),
       K::Dur("default_ack_wait", &C::default_ack_wait, milliseconds(100), kDay),
@@ -633,12 +633,12 @@ const std::vector<KeyDef<TopicConfig>>& TopicKeys() {
   using K = Keys<TopicConfig>;
   using C = TopicConfig;
   static const auto* const keys = new std::vector<KeyDef<C>>{
-      K::Name("name", &C::name).Required(),
-      K::Int("max_messages", &C::max_messages, 0, kNoMax),
-      K::Size("max_bytes", &C::max_bytes, 0),
-      K::Enum("on_full", &C::on_full, kTopicFullPolicies),
-      K::Dur("retention_max_age", &C::retention_max_age, Duration(0)),
-      K::Size("retention_max_bytes", &C::retention_max_bytes, 0),
+      K::Name("name", &C::name).Required().Restart(),
+      K::Int("max_messages", &C::max_messages, 0, kNoMax).Restart(),
+      K::Size("max_bytes", &C::max_bytes, 0).Restart(),
+      K::Enum("on_full", &C::on_full, kTopicFullPolicies).Restart(),
+      K::Dur("retention_max_age", &C::retention_max_age, Duration(0)).Restart(),
+      K::Size("retention_max_bytes", &C::retention_max_bytes, 0).Restart(),
   };
   return *keys;
 }
@@ -652,18 +652,18 @@ const std::vector<KeyDef<SubscriptionConfig>>& SubscriptionKeys() {
   using K = Keys<SubscriptionConfig>;
   using C = SubscriptionConfig;
   static const auto* const keys = new std::vector<KeyDef<C>>{
-      K::Name("topic", &C::topic).Required(),
-      K::Name("name", &C::name).Required(),
-      KeyDef<C>{.name = "start", .quoted = true, .parse = ParseStart, .text = StartText},
-      K::Enum("ordering", &C::ordering, kOrderingModes),
-      K::Int("max_deliveries", &C::max_deliveries, 1, 1000),
-      K::Int("max_crashes", &C::max_crashes, 1, 1000),
-      K::Dur("ack_wait", &C::ack_wait, milliseconds(100), kDay),
-      K::Dur("backoff_initial", kBackoffInitial, milliseconds(1), kDay),
-      K::Dur("backoff_max", kBackoffMax, milliseconds(1), kDay),
-      K::Float("backoff_multiplier", kBackoffMultiplier, 1.0, 100.0),
-      K::Int("max_backlog", &C::max_backlog, 0, kNoMax),
-      K::Enum("on_full", &C::on_full, kBacklogFullPolicies),
+      K::Name("topic", &C::topic).Required().Restart(),
+      K::Name("name", &C::name).Required().Restart(),
+      KeyDef<C>{.name = "start", .quoted = true, .parse = ParseStart, .text = StartText}.Restart(),
+      K::Enum("ordering", &C::ordering, kOrderingModes).Restart(),
+      K::Int("max_deliveries", &C::max_deliveries, 1, 1000).Restart(),
+      K::Int("max_crashes", &C::max_crashes, 1, 1000).Restart(),
+      K::Dur("ack_wait", &C::ack_wait, milliseconds(100), kDay).Restart(),
+      K::Dur("backoff_initial", kBackoffInitial, milliseconds(1), kDay).Restart(),
+      K::Dur("backoff_max", kBackoffMax, milliseconds(1), kDay).Restart(),
+      K::Float("backoff_multiplier", kBackoffMultiplier, 1.0, 100.0).Restart(),
+      K::Int("max_backlog", &C::max_backlog, 0, kNoMax).Restart(),
+      K::Enum("on_full", &C::on_full, kBacklogFullPolicies).Restart(),
   };
   return *keys;
 }
@@ -1017,7 +1017,7 @@ class ArraySection final : public SectionDef {
       const std::string id = identity_(e);
       auto old = old_entries.find(id);
       if (old == old_entries.end()) {
-        out.push_back({fmt::format("{}[{}]", name_, id), "absent", "present", false});
+        out.push_back({fmt::format("{}[{}]", name_, id), "absent", "present", EntriesNeedRestart()});
         continue;
       }
       for (const KeyDef<S>& k : keys_) {
@@ -1032,11 +1032,17 @@ class ArraySection final : public SectionDef {
     for (const S& e : before.*member_) {
       const std::string id = identity_(e);
       if (!new_entries.contains(id))
-        out.push_back({fmt::format("{}[{}]", name_, id), "present", "absent", false});
+        out.push_back({fmt::format("{}[{}]", name_, id), "present", "absent", EntriesNeedRestart()});
     }
   }
 
  private:
+  // Adding or removing an entry needs a restart when changing any of its keys does (topics and
+  // subscriptions live in the open store; plugins are reconciled at once).
+  bool EntriesNeedRestart() const {
+    return std::all_of(keys_.begin(), keys_.end(), [](const KeyDef<S>& k) { return k.needs_restart; });
+  }
+
   std::string_view name_;
   std::vector<S> Config::*member_;
   const std::vector<KeyDef<S>>& keys_;

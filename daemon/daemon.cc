@@ -290,6 +290,13 @@ Result<nlohmann::json> Daemon::Reload() {
   next.daemon.socket_mode = config_.daemon.socket_mode;
   next.broker.map_size = config_.broker.map_size;
   next.broker.durability = config_.broker.durability;
+  // The store was opened with these; it keeps them until the next start.
+  next.broker.batch_interval = config_.broker.batch_interval;
+  next.broker.max_map_size = config_.broker.max_map_size;
+  next.broker.auto_create_topics = config_.broker.auto_create_topics;
+  next.broker.dedupe_window = config_.broker.dedupe_window;
+  next.topics = config_.topics;
+  next.subscriptions = config_.subscriptions;
   config_ = std::move(next);
   log::SetLevel(config_.daemon.log_level);
   service_->set_options(ServiceOptionsFor(config_));

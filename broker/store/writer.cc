@@ -202,7 +202,10 @@ void Writer::ReleaseDurable(size_t txn_id, const Status& status) {
   while (!held_.empty() && held_.front().txn_id <= txn_id) {
     Batch& b = held_.front().batch;
     if (!status.ok()) {
-      for (auto& op : b.ops) op.status = status;
+      // Committed but not known to be on disk: a publisher may retry (with its id, deduped).
+      for (auto& op : b.ops) {
+        if (op.status.ok()) op.status = status;
+      }
     }
     completed_.push_back(std::move(b));
     held_.pop_front();

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
@@ -697,9 +698,28 @@ TEST(DiffConfigTest, ListsChangesAndFlagsRestarts) {
   EXPECT_THAT(lines,
               ElementsAre("daemon.data_dir: /srv/sluice data/\"quoted\"\\ -> /elsewhere (restart)",
                           "daemon.log_level: notice -> debug", "broker.durability: none -> sync (restart)",
-                          "broker.map_size: 64MiB -> 128MiB (restart)", "topic[orders].max_bytes: 3kB -> 0",
-                          "topic[new]: absent -> present", "topic[b.2_-]: present -> absent",
-                          "subscription[orders/mail].ack_wait: 30s -> 5s"));
+                          "broker.map_size: 64MiB -> 128MiB (restart)",
+                          "topic[orders].max_bytes: 3kB -> 0 (restart)", "topic[new]: absent -> present (restart)",
+                          "topic[b.2_-]: present -> absent (restart)",
+                          "subscription[orders/mail].ack_wait: 30s -> 5s (restart)"));
+}
+
+// Topics and subscriptions live in the open store, plugins in the supervisor: adding or removing a
+// [[plugin]] is applied by a reload, adding or removing a [[topic]] or [[subscription]] is not.
+TEST(DiffConfigTest, AddedPluginIsAppliedAddedSubscriptionNeedsARestart) {
+  Config before;
+  const Config after = Parse(R"(
+[[subscription]]
+topic = "orders"
+name = "mail"
+[[plugin]]
+name = "order"
+path = "/x/order.so"
+)");
+  before.sources = after.sources;
+  std::map<std::string, bool> restart;
+  for (const ConfigChange& c : DiffConfig(before, after)) restart[c.key] = c.needs_restart;
+  EXPECT_EQ(restart, (std::map<std::string, bool>{{"subscription[orders/mail]", true}, {"plugin[order]", false}}));
 }
 
 TEST(DiffConfigTest, RestartKeysAreExactlyTheDocumentedOnes) {
@@ -735,8 +755,11 @@ default_ack_wait = "1s"
     if (c.needs_restart) restart.insert(c.key);
   }
   EXPECT_EQ(all.size(), 18u);
+  // Those the open store (or a listening socket) was set up with.
   EXPECT_EQ(restart, (std::set<std::string>{"daemon.data_dir", "daemon.broker_socket", "daemon.admin_socket",
-                                            "daemon.socket_mode", "broker.map_size", "broker.durability"}));
+                                            "daemon.socket_mode", "broker.map_size", "broker.durability",
+                                            "broker.batch_interval", "broker.max_map_size",
+                                            "broker.auto_create_topics", "broker.dedupe_window"}));
 }
 
 TEST(KnownConfigKeysTest, ListsEverySectionOnce) {
