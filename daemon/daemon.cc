@@ -295,6 +295,7 @@ Result<nlohmann::json> Daemon::Reload() {
   next.broker.max_map_size = config_.broker.max_map_size;
   next.broker.auto_create_topics = config_.broker.auto_create_topics;
   next.broker.dedupe_window = config_.broker.dedupe_window;
+  next.metrics.listen = config_.metrics.listen;
   next.topics = config_.topics;
   next.subscriptions = config_.subscriptions;
   config_ = std::move(next);

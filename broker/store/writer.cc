@@ -125,6 +125,14 @@ Status Writer::Load() {
 
 void Writer::Start() {
   started_ = true;
+  if (config_.durability == Durability::kSync) {
+    // The last commit of a previous run may have left its meta page in the OS cache only (a crash of
+    // the process): flush it before anything is answered from it.
+    MDB_envinfo info;
+    if (mdb_env_info(env_->env(), &info) == 0) last_txn_id_ = info.me_last_txnid;
+    Status s = TimedSync();
+    if (s.ok()) durable_txn_ = last_txn_id_; else sync_failed_ = s;
+  }
   thread_ = std::thread([this] { Run(); });
   if (config_.durability == Durability::kSync) syncer_ = std::thread([this] { RunSyncer(); });
 }
@@ -188,16 +196,22 @@ Status Writer::TimedSync() {
 }
 
 void Writer::HoldUntilDurable(Batch batch, size_t txn_id) {
-  if (held_.empty() && txn_id == 0) {
-    completed_.push_back(std::move(batch));  // nothing written and nothing before it to wait for
+  last_txn_id_ = std::max(last_txn_id_, txn_id);
+  if (txn_id == 0 && held_.empty() && durable_txn_ >= last_txn_id_ && sync_failed_.ok()) {
+    completed_.push_back(std::move(batch));  // nothing written and nothing unflushed before it
     return;
   }
-  // A batch that wrote nothing completes with the one before it.
-  held_.push_back({std::move(batch), txn_id != 0 ? txn_id : held_.back().txn_id});
-  last_txn_id_ = std::max(last_txn_id_, txn_id);
+  // A batch that wrote nothing (a duplicate publish, say) answers from what is stored: it completes
+  // once the newest transaction is on disk.
+  held_.push_back({std::move(batch), txn_id != 0 ? txn_id : last_txn_id_});
 }
 
-void Writer::ReleaseDurable(size_t txn_id, const Status& status) {
+void Writer::ReleaseDurable(size_t txn_id, const Status& flushed) {
+  // Linux reports a failed writeback once and marks the pages clean: after one failure no later flush
+  // proves that earlier pages reached the disk.
+  if (!flushed.ok() && sync_failed_.ok()) sync_failed_ = flushed;
+  const Status& status = sync_failed_.ok() ? flushed : sync_failed_;
+  if (status.ok()) durable_txn_ = std::max(durable_txn_, txn_id);
   bool any = false;
   while (!held_.empty() && held_.front().txn_id <= txn_id) {
     Batch& b = held_.front().batch;
@@ -218,7 +232,7 @@ void Writer::RunSyncer() {
   std::unique_lock lock(mu_);
   for (;;) {
     // Flush when something waits for its meta page and the writer has nothing to carry it with.
-    syncer_cv_.wait(lock, [&] { return syncer_stop_ || (!held_.empty() && eager_queued_ == 0); });
+    syncer_cv_.wait(lock, [&] { return syncer_stop_ || (!held_.empty() && eager_queued_ == 0 && !committing_); });
     if (syncer_stop_) return;
     const size_t target = last_txn_id_;  // its meta page was written before this flush starts
     lock.unlock();
@@ -269,6 +283,7 @@ void Writer::Run() {
     Batch batch;
     batch.ops.swap(queue_);
     eager_queued_ = 0;
+    committing_ = true;
     lock.unlock();
     const size_t txn_id = Commit(&batch);
     if (config_.durability == Durability::kBatch) {
@@ -281,6 +296,7 @@ void Writer::Run() {
       }
     }
     lock.lock();
+    committing_ = false;
     if (!pipelined) {
       completed_.push_back(std::move(batch));
       notify_();

@@ -218,6 +218,9 @@ class Writer {
   };
   std::deque<Held> held_;     // committed, meta page not yet known flushed; commit order
   size_t last_txn_id_ = 0;    // the newest committed transaction
+  size_t durable_txn_ = 0;    // every transaction up to this one is known to be on disk
+  bool committing_ = false;   // the writer is in Commit(): its flush will carry the held meta pages
+  Status sync_failed_;        // a failed flush: later flushes prove nothing about earlier pages
   bool syncer_stop_ = false;
   std::condition_variable syncer_cv_;
   std::thread syncer_;

@@ -63,6 +63,13 @@ Result<const Frame*> VerifyFrame(const uint8_t* data, size_t size, size_t max_fr
       deliver != nullptr && reinterpret_cast<uintptr_t>(deliver->envelope()->data()) % 8 != 0) {
     return ProtocolError("Deliver envelope is not 8-byte aligned in the frame");
   }
+  // FlatBuffers 2.0's verifier checks a vector's length field for 4-byte alignment, not its elements
+  // for their own: a [ulong] must be checked here before its elements can be read (found by fuzzing).
+  if (const Ack* ack = frame->body_as_Ack();
+      ack != nullptr && ack->delivery_ids() != nullptr &&
+      reinterpret_cast<uintptr_t>(ack->delivery_ids()->data()) % alignof(uint64_t) != 0) {
+    return ProtocolError("Ack delivery_ids is not 8-byte aligned in the frame");
+  }
   return frame;
 }
 
