@@ -248,6 +248,11 @@ TEST(PluginHostTest, AHangingHandlerIsKilledAfterItsTimeoutAndTheMessageRedelive
                   "max_restarts = 10\n"
                   "[[plugin]]\nname = \"ok\"\n");
   ASSERT_TRUE(d.Start());
+  // Both subscriptions must exist before the publishes: once "ok" has acked a message that no other
+  // subscription holds, it is deleted, and a "hang" subscription created later starts after it.
+  ASSERT_TRUE(WaitUntil([&] {
+    return Plugin(d, "hang").value("running", 0) == 1 && Plugin(d, "ok").value("running", 0) == 1;
+  })) << Plugin(d, "hang") << d.Log();
   auto c = MustConnect(d);
   ASSERT_NE(c, nullptr);
   MustPublish(*c, "in", "hang");
