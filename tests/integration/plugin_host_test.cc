@@ -13,6 +13,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <fstream>
@@ -88,6 +89,18 @@ client::PublishAck MustPublish(client::Connection& c, const std::string& topic, 
 }
 
 bool ProcessGone(int pid) { return ::kill(pid, 0) != 0 && errno == ESRCH; }
+
+// True once every named plugin's workers have subscribed. Publish only after that when several
+// plugins share a topic: once one has acked a message that no other subscription holds, the store
+// deletes it, and a subscription created afterwards starts after it (as the slower ASan build showed).
+bool WorkersSubscribed(const DaemonProcess& d, std::initializer_list<const char*> plugins) {
+  return WaitUntil([&] {
+    return std::all_of(plugins.begin(), plugins.end(), [&](const char* name) {
+      json p = Plugin(d, name);
+      return p.value("running", 0) == p.value("instances", -1);
+    });
+  });
+}
 
 TEST(PluginHostTest, AWellBehavedPluginCommitsEachEffectOnce) {
   DaemonProcess d(PluginDir() + "[[plugin]]\nname = \"ok\"\n");
@@ -210,6 +223,7 @@ TEST(PluginHostTest, ACrashingHandlerIsRestartedWithBackoffAndItsMessageBecomesP
                   "restart_backoff_max = \"10s\"\nmax_restarts = 10\nmax_crashes = 4\n"
                   "[[plugin]]\nname = \"ok\"\n");
   ASSERT_TRUE(d.Start());
+  ASSERT_TRUE(WorkersSubscribed(d, {"crash", "ok"})) << Plugin(d, "crash") << d.Log();
   auto c = MustConnect(d);
   ASSERT_NE(c, nullptr);
   MustPublish(*c, "in", "a");
@@ -248,11 +262,7 @@ TEST(PluginHostTest, AHangingHandlerIsKilledAfterItsTimeoutAndTheMessageRedelive
                   "max_restarts = 10\n"
                   "[[plugin]]\nname = \"ok\"\n");
   ASSERT_TRUE(d.Start());
-  // Both subscriptions must exist before the publishes: once "ok" has acked a message that no other
-  // subscription holds, it is deleted, and a "hang" subscription created later starts after it.
-  ASSERT_TRUE(WaitUntil([&] {
-    return Plugin(d, "hang").value("running", 0) == 1 && Plugin(d, "ok").value("running", 0) == 1;
-  })) << Plugin(d, "hang") << d.Log();
+  ASSERT_TRUE(WorkersSubscribed(d, {"hang", "ok"})) << Plugin(d, "hang") << d.Log();
   auto c = MustConnect(d);
   ASSERT_NE(c, nullptr);
   MustPublish(*c, "in", "hang");
