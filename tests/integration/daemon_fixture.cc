@@ -52,6 +52,13 @@ nlohmann::json CtlJson(const DaemonProcess& d, std::vector<std::string> args) {
   nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
   return j.is_discarded() ? nlohmann::json{{"error", "not JSON: " + r.out}} : j;
 }
+
+nlohmann::json Plugin(const DaemonProcess& d, const std::string& name) {
+  for (const auto& p : CtlJson(d, {"plugins"}).value("plugins", nlohmann::json::array())) {
+    if (p.value("name", "") == name) return p;
+  }
+  return nlohmann::json::object();
+}
 std::string SluicectlPath() { return Env("SLUICECTL"); }
 
 CommandResult RunCommand(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,

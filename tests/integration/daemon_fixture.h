@@ -82,6 +82,8 @@ bool WaitUntil(const std::function<bool()>& done,
                std::chrono::milliseconds timeout = std::chrono::seconds(20));
 // `sluicectl --json ARGS` parsed; {"error": ..., "exit": N} when it fails or prints no JSON.
 nlohmann::json CtlJson(const DaemonProcess& d, std::vector<std::string> args);
+// One plugin's entry of `sluicectl plugins`; {} when it is not listed.
+nlohmann::json Plugin(const DaemonProcess& d, const std::string& name);
 
 std::string SluicedPath();
 std::string SluicectlPath();

@@ -48,13 +48,6 @@ constexpr int kInputs = 20;
 // Mid-stream: earlier bundles are in flight (or still in the worker's send buffer) when it dies.
 constexpr int kFaultAt = 7;
 
-json Plugin(const DaemonProcess& d, const std::string& name) {
-  for (const auto& p : CtlJson(d, {"plugins"}).value("plugins", json::array())) {
-    if (p.value("name", "") == name) return p;
-  }
-  return json::object();
-}
-
 json Topic(const DaemonProcess& d, const std::string& name) {
   for (const auto& t : CtlJson(d, {"topics"}).value("topics", json::array())) {
     if (t.value("name", "") == name) return t;

@@ -164,15 +164,9 @@ size_t MailsMentioning(const DaemonProcess& d, const std::string& text) {
   return n;
 }
 
-// Polls `done` every 50 ms until it holds or `timeout` passes.
-template <typename F>
-bool Eventually(F done, std::chrono::milliseconds timeout = 30s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (done()) return true;
-    std::this_thread::sleep_for(50ms);
-  }
-  return done();
+// WaitUntil with more time: a step of the pipeline waits on three plugins.
+bool Eventually(const std::function<bool()>& done, std::chrono::milliseconds timeout = 30s) {
+  return WaitUntil(done, timeout);
 }
 
 bool Final(orders::OrderStatus s) {

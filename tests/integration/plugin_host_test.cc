@@ -42,14 +42,6 @@ using ::testing::HasSubstr;
 
 std::string PluginDir() { return std::string("plugin_dir = \"") + SLUICE_MOCK_PLUGIN_DIR + "\"\n"; }
 
-json Plugin(const DaemonProcess& d, const std::string& name) {
-  json all = CtlJson(d, {"plugins"});
-  for (const auto& p : all.value("plugins", json::array())) {
-    if (p.value("name", "") == name) return p;
-  }
-  return json::object();
-}
-
 json DeadLetters(const DaemonProcess& d, const std::string& topic, const std::string& sub) {
   return CtlJson(d, {"dlq", "list", topic, sub}).value("dead_letters", json::array());
 }
