@@ -115,8 +115,9 @@ void BrokerService::PluginExited(uint64_t conn_id, bool crashed) {
     return;
   }
   exited_plugins_[conn_id] = crashed;
-  // The worker is gone: close its connection now rather than wait to read its end-of-file.
-  if (auto conn = conns_.Find(conn_id)) conn->Close(Status::Ok());
+  // The worker is gone: close its connection now rather than wait to read its end-of-file or to
+  // write deliveries nobody will read.
+  if (auto conn = conns_.Find(conn_id)) conn->Abort(Unavailable("the plugin worker exited"));
 }
 
 void BrokerService::DetachSession(Session& s, bool crashed) {

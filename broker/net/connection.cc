@@ -131,9 +131,7 @@ void Connection::Flush() {
     int n = uv_try_write(stream, &b, 1);
     if (n > 0) offset = static_cast<size_t>(n);
     else if (n < 0 && n != UV_EAGAIN) {
-      out_.clear();
-      close_after_flush_ = false;
-      Close(Unavailable(fmt::format("write failed: {}", uv_strerror(n))));
+      Abort(Unavailable(fmt::format("write failed: {}", uv_strerror(n))));
       return;
     }
   }
@@ -148,9 +146,7 @@ void Connection::Flush() {
     if (rc != 0) {
       in_write_bytes_ -= wr->data.size();
       delete wr;
-      out_.clear();
-      close_after_flush_ = false;
-      Close(Unavailable(fmt::format("write failed: {}", uv_strerror(rc))));
+      Abort(Unavailable(fmt::format("write failed: {}", uv_strerror(rc))));
       return;
     }
   }
@@ -165,8 +161,8 @@ void Connection::OnWrite(uv_write_t* req, int status) {
   self->in_write_bytes_ -= wr->data.size();
   delete wr;
   if (status < 0) {
-    // UV_ECANCELED: the handle closed while the write was queued.
-    if (!self->closing_) self->Close(Unavailable(fmt::format("write failed: {}", uv_strerror(status))));
+    // UV_ECANCELED: the handle closed while the write was queued; Abort does nothing then.
+    self->Abort(Unavailable(fmt::format("write failed: {}", uv_strerror(status))));
     return;
   }
   if (self->close_after_flush_ && self->in_write_bytes_ == 0 && self->out_.empty()) {
@@ -197,10 +193,18 @@ void Connection::Close(const Status& reason) {
   FinishClose();
 }
 
+void Connection::Abort(const Status& reason) {
+  if (closed()) return;
+  // Also ends a close that was waiting for its output to drain: that output can no longer leave.
+  out_.clear();
+  if (close_reason_.ok()) close_reason_ = reason;
+  FinishClose();
+}
+
 void Connection::FinishClose() {
   close_after_flush_ = false;
   closing_ = true;
-  if (self_while_closing_) return;
+  if (self_while_closing_ || pipe_ == nullptr) return;
   self_while_closing_ = shared_from_this();
   uv_close(reinterpret_cast<uv_handle_t*>(pipe_), OnHandleClosed);
 }

@@ -79,6 +79,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   // Stops reading, writes what is queued, then closes. Idempotent.
   void Close(const Status& reason);
+  // Closes now, dropping what is queued: the peer is known to be gone (its process exited, a write
+  // failed). Also cuts short a Close that is still writing.
+  void Abort(const Status& reason);
 
   void set_max_frame_bytes(size_t n) { decoder_.set_max_frame_bytes(n); }
 
