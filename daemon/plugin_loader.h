@@ -3,7 +3,7 @@
 // Loading a plugin library and checking its descriptor (sluice/plugin.h) the way the host accepts it.
 // Every refusal is one Status whose message names the file and the problem, so the worker can log it
 // and the supervisor can show it in `sluicectl plugins` as it is:
-//   /x/bad.so: plugin ABI 2.0 is not supported (host speaks 1.0)
+//   /x/bad.so: plugin ABI 2.0 is not supported (host speaks 1.1)
 //   /x/y.so: no sluice_plugin_entry symbol (export it with SLUICE_PLUGIN_EXPORT)
 // The rules: ABI major equal to the host's and minor not above it; struct_size at least the size of
 // the ABI 1.0 descriptor (fields past it are read as zero); a name of [a-z0-9_-]{1,64}; a handle()

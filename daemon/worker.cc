@@ -42,6 +42,8 @@ using nlohmann::json;
 // Bundles sent and not yet answered. Enough to keep the broker's group commit busy; bounded so that a
 // stalled broker cannot make the worker hold unbounded state.
 constexpr size_t kMaxBundlesInFlight = 512;
+// Runs one sync() may cover (plugin.h promises at most 256): bounds how long effects wait for it.
+constexpr size_t kMaxUnsynced = 256;
 // How long an idle worker waits for the socket before it looks at its stop flag again.
 constexpr auto kIdlePoll = 100ms;
 constexpr auto kStatsInterval = 1s;
@@ -189,10 +191,20 @@ class Worker {
     Held held;
     uint64_t version = 0;
   };
+  // A run that returned SLUICE_OK, waiting for the plugin's sync() before its bundle is sent.
+  struct Unsynced {
+    Held held;
+    client::BundleMessage bundle;
+  };
 
   int Setup();
   void Loop();
   void RunOne(Held held);
+  // Sends a run's bundle; its writes are in pending_ under the bundle's version already.
+  void SendBundle(Held held, const client::BundleMessage& bundle);
+  // Calls the plugin's sync() for the runs in unsynced_, then sends their bundles (or, when it
+  // fails, retries their messages).
+  void SyncAndSend();
   void OnAnswer(client::BundleAck answer);
   // The message is done with (acked, nacked or lost): its consumer may have one more.
   void Finished(const Held& held);
@@ -217,6 +229,7 @@ class Worker {
   std::unordered_map<uint64_t, size_t> subscription_of_;  // consumer id -> descriptor subscription
   std::unordered_map<uint64_t, uint32_t> credit_owed_;
   std::unordered_map<uint64_t, Sent> sent_;               // by bundle request id
+  std::vector<Unsynced> unsynced_;                        // in run order; plugins with sync() only
   std::map<uint64_t, Held> reruns_;                       // by arrival order
   // Messages that were in hand when an earlier worker died. One is run only when this worker holds
   // nothing else (no queued delivery, no unanswered bundle) and credit is withheld meanwhile, so a
@@ -224,7 +237,7 @@ class Worker {
   std::set<Uuid> suspects_;
   std::deque<Held> quarantine_;
   InHandPage* in_hand_ = nullptr;
-  PendingWrites pending_;
+  PendingWrites pending_;  // by bundle version: a bundle's writes are visible from its run on
   uint64_t next_order_ = 1;
   uint64_t version_nonce_ = 0;
   uint64_t version_counter_ = 0;
@@ -482,24 +495,13 @@ void Worker::RunOne(Held held) {
       bundle.consumer_id = d.consumer_id;
       bundle.delivery_id = d.delivery_id;
       bundle.version = NextVersion();
-      auto request = conn_->BundleAsync(bundle);
-      if (!request.ok()) {
-        if (conn_->closed()) return;  // the loop notices and exits
-        // Too large for a frame: the effects can never be committed, so the message cannot succeed.
-        std::string why = fmt::format("its effects cannot be sent: {}", request.status().message());
-        log::Warning("message seq {}: {}; dead-lettering it", m.seq, why);
-        ++counts_.rejected;
-        (void)conn_->Nack(d.consumer_id, d.delivery_id, 0, true, why);
-        Finished(held);
+      pending_.Add(bundle.version, bundle.version, bundle.writes);
+      if (plugin_->callbacks().sync != nullptr) {
+        unsynced_.push_back({std::move(held), std::move(bundle)});
+        if (unsynced_.size() >= kMaxUnsynced) SyncAndSend();
         return;
       }
-      pending_.Add(*request, bundle.version, bundle.writes);
-      sent_.emplace(*request, Sent{std::move(held), bundle.version});
-      // BundleAsync may only have queued the frame: "sent" means on the socket.
-      if (fault::Due(fault::Point::kWorkerAfterSend)) {
-        (void)conn_->Flush();
-        fault::Die();
-      }
+      SendBundle(std::move(held), bundle);
       return;
     }
     case SLUICE_RETRY:
@@ -519,12 +521,59 @@ void Worker::RunOne(Held held) {
   }
 }
 
+void Worker::SendBundle(Held held, const client::BundleMessage& bundle) {
+  const client::Delivery& d = held.delivery;
+  auto request = conn_->BundleAsync(bundle);
+  if (!request.ok()) {
+    pending_.Remove(bundle.version);
+    if (conn_->closed()) return;  // the loop notices and exits
+    // Too large for a frame: the effects can never be committed, so the message cannot succeed.
+    std::string why = fmt::format("its effects cannot be sent: {}", request.status().message());
+    log::Warning("message seq {}: {}; dead-lettering it", d.seq(), why);
+    ++counts_.rejected;
+    (void)conn_->Nack(d.consumer_id, d.delivery_id, 0, true, why);
+    Finished(held);
+    return;
+  }
+  sent_.emplace(*request, Sent{std::move(held), bundle.version});
+  // BundleAsync may only have queued the frame: "sent" means on the socket.
+  if (fault::Due(fault::Point::kWorkerAfterSend)) {
+    (void)conn_->Flush();
+    fault::Die();
+  }
+}
+
+void Worker::SyncAndSend() {
+  if (unsynced_.empty()) return;
+  std::vector<Unsynced> batch;
+  batch.swap(unsynced_);
+  // A sync() that hangs is killed like a handle() that does; no message is blamed for it.
+  uint64_t first_seq = batch.front().held.delivery.seq();
+  watchdog_.Arm(first_seq == 0 ? 1 : first_seq);
+  int rc = plugin_->callbacks().sync(state_);
+  watchdog_.Disarm();
+  if (rc == 0) {
+    for (Unsynced& u : batch) SendBundle(std::move(u.held), u.bundle);
+    return;
+  }
+  std::string why = rc < 0 ? fmt::format("sync() failed: {}", std::strerror(-rc))
+                           : fmt::format("sync() returned {}", rc);
+  log::Warning("{}; retrying the {} messages handled since the last sync", why, batch.size());
+  for (Unsynced& u : batch) {
+    const client::Delivery& d = u.held.delivery;
+    pending_.Remove(u.bundle.version);
+    ++counts_.retried;
+    (void)conn_->Nack(d.consumer_id, d.delivery_id, 0, false, why);
+    Finished(u.held);
+  }
+}
+
 void Worker::OnAnswer(client::BundleAck answer) {
   auto it = sent_.find(answer.request_id);
   if (it == sent_.end()) return;
   Sent sent = std::move(it->second);
   sent_.erase(it);
-  pending_.Remove(answer.request_id);
+  pending_.Remove(sent.version);
   const client::Delivery& d = sent.held.delivery;
   if (!answer.error.ok()) {
     ++counts_.refused;
@@ -565,7 +614,8 @@ void Worker::ReportStats(bool force) {
   auto now = std::chrono::steady_clock::now();
   if (!force && now < next_report_) return;
   size_t in_flight =
-      conn_ ? conn_->deliveries_queued() + sent_.size() + reruns_.size() + quarantine_.size() : 0;
+      conn_ ? conn_->deliveries_queued() + unsynced_.size() + sent_.size() + reruns_.size() + quarantine_.size()
+            : 0;
   if (!force && counts_ == reported_ && in_flight == reported_in_flight_) return;
   next_report_ = now + kStatsInterval;
   reported_ = counts_;
@@ -587,12 +637,12 @@ void Worker::Loop() {
     while (!g_stop.load(std::memory_order_relaxed)) {
       if (!reruns_.empty()) {
         // Re-runs read committed state only: wait until every earlier bundle is answered.
-        if (!sent_.empty()) break;
+        if (!sent_.empty() || !unsynced_.empty()) break;
         auto first = reruns_.begin();
         Held held = std::move(first->second);
         reruns_.erase(first);
         RunOne(std::move(held));
-      } else if (conn_->deliveries_queued() > 0 && sent_.size() < kMaxBundlesInFlight) {
+      } else if (conn_->deliveries_queued() > 0 && sent_.size() + unsynced_.size() < kMaxBundlesInFlight) {
         auto d = conn_->Receive(0ms);
         if (!d.ok()) break;
         Held held{std::move(*d), next_order_++};
@@ -603,7 +653,7 @@ void Worker::Loop() {
           continue;
         }
         RunOne(std::move(held));
-      } else if (!quarantine_.empty() && sent_.empty() && conn_->deliveries_queued() == 0) {
+      } else if (!quarantine_.empty() && sent_.empty() && unsynced_.empty() && conn_->deliveries_queued() == 0) {
         Held held = std::move(quarantine_.front());
         quarantine_.pop_front();
         suspects_.erase(held.delivery.id());
@@ -615,6 +665,9 @@ void Worker::Loop() {
         while (auto a = conn_->TakeBundleAck()) OnAnswer(std::move(*a));
       }
     }
+    // The plugin's sync() covers everything handled in this pass: one fsync for as many messages as
+    // arrived together.
+    SyncAndSend();
     FlushCredit(true);
     ReportStats(false);
     Status s = conn_->Poll(ran > 0 ? 0ms : std::chrono::duration_cast<std::chrono::milliseconds>(kIdlePoll));

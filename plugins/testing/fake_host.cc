@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -270,7 +271,22 @@ Outcome FakeHost::Handle(const InMessage& in, Commit commit) {
   }
   out.attempted_publishes = ctx.bundle.publishes.size();
   out.attempted_writes = ctx.bundle.writes.size();
-  if (out.outcome != SLUICE_OK || commit == Commit::kCrashBeforeCommit) return out;
+  if (out.outcome != SLUICE_OK || commit == Commit::kCrashBeforeSync) return out;
+  // As the worker does for a pass of one message: sync() before the commit, a failure retries it.
+  if (descriptor_->struct_size >= offsetof(sluice_plugin, sync) + sizeof descriptor_->sync &&
+      descriptor_->sync != nullptr) {
+    int rc;
+    {
+      CurrentHost current(this);
+      rc = descriptor_->sync(state_);
+    }
+    if (rc != 0) {
+      out.outcome = SLUICE_RETRY;
+      out.reason = "sync() failed: " + std::string(std::strerror(rc < 0 ? -rc : rc));
+      return out;
+    }
+  }
+  if (commit == Commit::kCrashBeforeCommit) return out;
 
   for (const auto& [key, value] : ctx.bundle.writes) {
     if (value) {

@@ -85,8 +85,9 @@ struct LogLine {
 };
 
 enum class Commit {
-  kNormal,             // commit on SLUICE_OK
-  kCrashBeforeCommit,  // run the handler, then drop its effects whatever it returned
+  kNormal,             // on SLUICE_OK: sync() (when the plugin has one), then commit
+  kCrashBeforeCommit,  // run the handler and sync(), then drop its effects whatever it returned
+  kCrashBeforeSync,    // run the handler, then drop its effects without calling sync()
 };
 
 class FakeHost {

@@ -19,6 +19,7 @@
 #include <fstream>
 #include <functional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -248,6 +249,43 @@ TEST(PluginHostTest, ACrashingHandlerIsRestartedWithBackoffAndItsMessageBecomesP
   EXPECT_EQ(d.Stop(), 0);
 }
 
+// A plugin with sync(): the worker holds a pass's bundles until sync() returns 0, so one sync covers a
+// backlog, and a failed sync retries its messages without committing any of their effects.
+TEST(PluginHostTest, APluginsSyncCoversABacklogAndAFailedSyncRetriesItsMessages) {
+  DaemonProcess d(PluginDir() +
+                  "[[subscription]]\ntopic = \"in\"\nname = \"sync_once_fails\"\nstart = \"earliest\"\n");
+  ASSERT_TRUE(d.Start());
+  auto c = MustConnect(d);
+  ASSERT_NE(c, nullptr);
+  constexpr int kMessages = 200;
+  for (int i = 0; i < kMessages; ++i) MustPublish(*c, "in", "m" + std::to_string(i));
+  std::filesystem::create_directories(d.dir() / "plugins.d");
+  std::ofstream(d.dir() / "plugins.d" / "sync.toml") << "[[plugin]]\nname = \"sync_once_fails\"\n";
+  CommandResult r = d.Ctl({"plugin", "load", "sync_once_fails"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_TRUE(WaitUntil([&] { return Count(d, "sync_once_fails") == kMessages; }, 30s))
+      << Count(d, "sync_once_fails") << d.Log();
+  EXPECT_THAT(d.Log(), HasSubstr("sync() failed: Input/output error; retrying the"));
+  EXPECT_TRUE(WaitUntil([&] {
+    json p = Plugin(d, "sync_once_fails");
+    return p.value("handled", 0) == kMessages && p.value("retried", 0) >= 1;
+  })) << Plugin(d, "sync_once_fails");
+  // Every message after the failed first pass was covered by far fewer syncs than messages.
+  int syncs = 0, covered = 0;
+  std::istringstream log(d.Log());
+  for (std::string line; std::getline(log, line);) {
+    auto at = line.find("sync covered ");
+    if (at == std::string::npos) continue;
+    ++syncs;
+    covered += std::stoi(line.substr(at + 13));
+  }
+  EXPECT_EQ(covered, kMessages);
+  EXPECT_LT(syncs, kMessages / 4) << "one sync per pass over the queued deliveries";
+  // Nothing the failed sync covered was committed twice.
+  EXPECT_EQ(Count(d, "sync_once_fails"), kMessages);
+  EXPECT_EQ(d.Stop(), 0);
+}
+
 TEST(PluginHostTest, AHangingHandlerIsKilledAfterItsTimeoutAndTheMessageRedelivered) {
   DaemonProcess d(PluginDir() +
                   "[[plugin]]\nname = \"hang\"\nhandler_timeout = \"300ms\"\nrestart_backoff_initial = \"50ms\"\n"
@@ -297,7 +335,7 @@ TEST(PluginHostTest, ABadPluginIsRefusedWithTheDocumentedMessageAndNotRestarted)
     const char* name;
     std::string error;
   } cases[] = {
-      {"wrong_abi", dir + "/wrong_abi.so: plugin ABI 2.0 is not supported (host speaks 1.0)"},
+      {"wrong_abi", dir + "/wrong_abi.so: plugin ABI 2.0 is not supported (host speaks 1.1)"},
       {"no_entry", dir + "/no_entry.so: no sluice_plugin_entry symbol (export it with SLUICE_PLUGIN_EXPORT)"},
       {"missing", dir + "/missing.so: cannot load: cannot open shared object file: No such file or directory"},
   };
@@ -311,7 +349,7 @@ TEST(PluginHostTest, ABadPluginIsRefusedWithTheDocumentedMessageAndNotRestarted)
   // The human table shows it too.
   CommandResult table = d.Ctl({"plugins"});
   EXPECT_EQ(table.exit_code, 0);
-  EXPECT_THAT(table.out, HasSubstr("plugin ABI 2.0 is not supported (host speaks 1.0)"));
+  EXPECT_THAT(table.out, HasSubstr("plugin ABI 2.0 is not supported (host speaks 1.1)"));
   // The good plugin and the broker are unaffected.
   auto c = MustConnect(d);
   ASSERT_NE(c, nullptr);

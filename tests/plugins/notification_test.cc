@@ -137,6 +137,49 @@ TEST(NotificationPlugin, AResendAfterACrashFindsItsMailAndWritesNoSecond) {
   EXPECT_EQ(Files(fs::path(host->data_dir()) / "Maildir" / "new").size(), 2u);
 }
 
+TEST(NotificationPlugin, AMailReachesNewOnlyThroughSyncAndACrashBeforeItLosesNothing) {
+  auto host = LoadNotification();
+  ASSERT_TRUE(host);
+  const fs::path maildir = fs::path(host->data_dir()) / "Maildir";
+  InMessage m = Created("ord-3", "ann@example.com", *host);
+  // handle() wrote the mail under tmp/; the worker died before sync(), so nothing was acked.
+  host->Handle(m, Commit::kCrashBeforeSync);
+  EXPECT_EQ(Files(maildir / "tmp").size(), 1u);
+  EXPECT_TRUE(Files(maildir / "new").empty());
+  ASSERT_TRUE(host->Restart().ok());
+  m.delivery_count = 2;
+  ASSERT_TRUE(host->Handle(m).committed);
+  auto delivered = Files(maildir / "new");
+  ASSERT_EQ(delivered.size(), 1u);
+  EXPECT_EQ(Header(ReadFile(delivered[0]), "X-Sluice-Order-Id"), "ord-3");
+  EXPECT_TRUE(Files(maildir / "tmp").empty());
+}
+
+TEST(NotificationPlugin, ASyncThatFailsRetriesTheMessageAndLeavesNoHalfMail) {
+  auto host = LoadNotification();
+  ASSERT_TRUE(host);
+  const fs::path maildir = fs::path(host->data_dir()) / "Maildir";
+  fs::remove_all(maildir / "new");
+  InMessage m = Created("ord-4", "ann@example.com", *host);
+  Outcome o = host->Handle(m);
+  EXPECT_EQ(o.outcome, SLUICE_RETRY);
+  EXPECT_FALSE(o.committed);
+  EXPECT_THAT(o.reason, HasSubstr("sync() failed"));
+  EXPECT_TRUE(Files(maildir / "tmp").empty());
+  // Once the Maildir is whole again, the redelivery sends it.
+  fs::create_directory(maildir / "new");
+  m.delivery_count = 2;
+  ASSERT_TRUE(host->Handle(m).committed);
+  EXPECT_EQ(Files(maildir / "new").size(), 1u);
+}
+
+TEST(NotificationPlugin, WithoutMaildirFsyncTheMailIsInNewWhenHandleReturns) {
+  auto host = LoadNotification(R"({"maildir_fsync": false})");
+  ASSERT_TRUE(host);
+  host->Handle(Created("ord-5", "ann@example.com", *host), Commit::kCrashBeforeSync);
+  EXPECT_EQ(Files(fs::path(host->data_dir()) / "Maildir" / "new").size(), 1u);
+}
+
 TEST(NotificationPlugin, OrderCancelledSendsACancellationWithTheReasons) {
   auto host = LoadNotification();
   ASSERT_TRUE(host);

@@ -62,7 +62,7 @@ TEST(PluginLoaderTest, LoadsAGoodPlugin) {
 TEST(PluginLoaderTest, RefusesAnotherAbiNamingTheFile) {
   auto p = LoadedPlugin::Load(Mock("wrong_abi"));
   ASSERT_FALSE(p.ok());
-  EXPECT_EQ(p.status().message(), Mock("wrong_abi") + ": plugin ABI 2.0 is not supported (host speaks 1.0)");
+  EXPECT_EQ(p.status().message(), Mock("wrong_abi") + ": plugin ABI 2.0 is not supported (host speaks 1.1)");
 }
 
 TEST(PluginLoaderTest, RefusesALibraryWithoutTheEntryPoint) {
@@ -100,10 +100,10 @@ TEST(CheckDescriptorTest, NamesEveryProblem) {
 
   sluice_plugin d = Good();
   d.abi_minor = SLUICE_PLUGIN_ABI_MINOR + 1;
-  EXPECT_EQ(Refusal(d), "/x/p.so: plugin ABI 1.1 is not supported (host speaks 1.0)");
+  EXPECT_EQ(Refusal(d), "/x/p.so: plugin ABI 1.2 is not supported (host speaks 1.1)");
   d = Good();
   d.abi_major = 0;
-  EXPECT_EQ(Refusal(d), "/x/p.so: plugin ABI 0.0 is not supported (host speaks 1.0)");
+  EXPECT_EQ(Refusal(d), "/x/p.so: plugin ABI 0.1 is not supported (host speaks 1.1)");
   d = Good();
   d.struct_size = 16;
   EXPECT_THAT(Refusal(d), StartsWith("/x/p.so: descriptor struct_size 16 is smaller than the "));
@@ -160,6 +160,13 @@ TEST(CheckDescriptorTest, FieldsPastTheStructSizeReadAsZero) {
   EXPECT_TRUE(CheckDescriptor(&d, "/x/p.so", &out).ok());
   d.struct_size = offsetof(sluice_plugin, shutdown);
   EXPECT_THAT(Refusal(d), HasSubstr("is smaller than the"));
+}
+
+TEST(LoadedPluginTest, ASdkPluginWithoutASyncMethodHasNoSyncCallback) {
+  // The worker batches bundles only for plugins that have sync(); the others commit each at once.
+  auto p = LoadedPlugin::Load(Mock("ok"));
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_EQ((*p)->callbacks().sync, nullptr);
 }
 
 }  // namespace

@@ -1,16 +1,17 @@
 /* SPDX-License-Identifier: MIT
  *
- * The sluice plugin ABI, version 1. A plugin is a shared library that exports one function,
+ * The sluice plugin ABI, version 1.1. A plugin is a shared library that exports one function,
  * sluice_plugin_entry(), returning a const descriptor: its name and version, the subscriptions it
  * wants, the topics it may publish to, and its callbacks. The host (a sluiced worker process) loads it
  * with dlopen(RTLD_NOW | RTLD_LOCAL), checks the descriptor, calls init() once, handle() once per
- * message, and shutdown() once before unloading.
+ * message, sync() (optional) before the outcomes of a run of messages are committed, and shutdown()
+ * once before unloading.
  *
  * Versioning: every struct that crosses the boundary starts with its size (or sits behind one that
  * does) and only grows at its end. The host accepts a plugin with the same ABI major and a minor not
  * above its own; it reads fields past the plugin's struct_size as zero.
  *
- * Threads: init, handle and shutdown are called on one thread, one call at a time, per instance (a
+ * Threads: init, handle, sync and shutdown are called on one thread, one call at a time, per instance (a
  * plugin with `instances = N` runs in N processes). A sluice_context is valid only during the handle()
  * call it was given to; every sluice_bytes/sluice_str the host hands out is borrowed for that call (or
  * until the next call on the same context, for kv_get), and whoever allocates frees. Functions return
@@ -21,6 +22,9 @@
  * broker transaction, after handle() returns SLUICE_OK. A RETRY or REJECT outcome discards the bundle.
  * If a bundle raced another instance (a key it read changed), the host runs handle() again with fresh
  * reads. Outside effects (an email) are at-least-once: use the message id to recognise a repeat.
+ * A plugin whose outside effect must be made durable (a file fsynced) can do that once for many
+ * messages in sync(), which the host calls before it commits the bundles of the messages handled
+ * since the previous sync().
  * See sluice-plugin(7).
  */
 #ifndef SLUICE_PLUGIN_H
@@ -34,7 +38,7 @@ extern "C" {
 #endif
 
 #define SLUICE_PLUGIN_ABI_MAJOR 1u
-#define SLUICE_PLUGIN_ABI_MINOR 0u
+#define SLUICE_PLUGIN_ABI_MINOR 1u
 #define SLUICE_PLUGIN_ENTRY_SYMBOL "sluice_plugin_entry"
 
 #if defined(__GNUC__)
@@ -181,6 +185,13 @@ typedef struct sluice_plugin {
   sluice_result (*handle)(void* state, const sluice_message* message, sluice_context* ctx);
   /* Optional. */
   void (*shutdown)(void* state);
+  /* Optional, ABI 1.1. Makes the outside effects of every handle() since the previous sync() durable,
+   * for all of them at once (one fsync for many files). The host calls it after a run of handle()
+   * calls that returned SLUICE_OK (as many as it has queued, up to 256) and commits none of their
+   * bundles before it returns 0. A negative errno: every one of those messages is retried, as if its
+   * handle() had returned SLUICE_RETRY. Without sync, each bundle is committed as soon as its handle()
+   * returns. */
+  int (*sync)(void* state);
 } sluice_plugin;
 
 typedef const sluice_plugin* (*sluice_plugin_entry_fn)(void);

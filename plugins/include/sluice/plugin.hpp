@@ -17,12 +17,17 @@
 //   static const char* const kPublishes[] = {"greetings"};
 //   SLUICE_PLUGIN(Greeter, "greeter", "1.0", kSubs, kPublishes)
 //
+// A class that also declares `int Sync()` gets the ABI's sync() callback: the host calls it before it
+// commits the bundles of the messages handled since the last call, so a plugin can make the outside
+// effects of many messages durable at once (0, or a negative errno to retry them all).
+//
 // Threading and lifetimes are those of plugin.h: one call at a time per instance; a Message and a
 // Context are valid only during Handle(). Header-only, so the SDK has no library to link.
 #pragma once
 
 #include <array>
 #include <chrono>
+#include <concepts>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -272,6 +277,28 @@ inline sluice_result HandleThunk(void* state, const sluice_message* message, slu
 
 inline void ShutdownThunk(void* state) { delete static_cast<Instance*>(state); }
 
+// A plugin class opts into sync() by declaring `int Sync()` (plugin.h): only then does the host hold
+// its bundles back for it.
+template <typename T>
+int SyncThunk(void* state) {
+  try {
+    return static_cast<T&>(*static_cast<Instance*>(state)->plugin).Sync();
+  } catch (const std::exception& e) {
+    static_cast<Instance*>(state)->api->log(nullptr, SLUICE_LOG_ERROR,
+                                            (std::string("sync failed: ") + e.what()).c_str());
+    return -5;  // EIO
+  }
+}
+
+template <typename T>
+constexpr int (*SyncFor())(void*) {
+  if constexpr (requires(T& t) { { t.Sync() } -> std::convertible_to<int>; }) {
+    return &SyncThunk<T>;
+  } else {
+    return nullptr;
+  }
+}
+
 }  // namespace detail
 }  // namespace sluice::sdk
 
@@ -283,7 +310,7 @@ inline void ShutdownThunk(void* state) { delete static_cast<Instance*>(state); }
         SLUICE_PLUGIN_ABI_MAJOR, SLUICE_PLUGIN_ABI_MINOR, sizeof(sluice_plugin), NAME, VERSION,     \
         SUBS, sizeof(SUBS) / sizeof((SUBS)[0]), PUBLISHES, sizeof(PUBLISHES) / sizeof((PUBLISHES)[0]), \
         &::sluice::sdk::detail::InitThunk<CLASS>, &::sluice::sdk::detail::HandleThunk,              \
-        &::sluice::sdk::detail::ShutdownThunk};                                                      \
+        &::sluice::sdk::detail::ShutdownThunk, ::sluice::sdk::detail::SyncFor<CLASS>()};             \
     return &kDescriptor;                                                                            \
   }
 
@@ -293,6 +320,6 @@ inline void ShutdownThunk(void* state) { delete static_cast<Instance*>(state); }
         SLUICE_PLUGIN_ABI_MAJOR, SLUICE_PLUGIN_ABI_MINOR, sizeof(sluice_plugin), NAME, VERSION,     \
         SUBS, sizeof(SUBS) / sizeof((SUBS)[0]), nullptr, 0,                                          \
         &::sluice::sdk::detail::InitThunk<CLASS>, &::sluice::sdk::detail::HandleThunk,              \
-        &::sluice::sdk::detail::ShutdownThunk};                                                      \
+        &::sluice::sdk::detail::ShutdownThunk, ::sluice::sdk::detail::SyncFor<CLASS>()};             \
     return &kDescriptor;                                                                            \
   }

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT
  *
- * Test plugin: a descriptor that claims ABI 2.0, which this host (1.0) must refuse with a message
+ * Test plugin: a descriptor that claims ABI 2.0, which this host (1.1) must refuse with a message
  * naming the file and both versions. Nothing in it is ever called.
  */
 #include "sluice/plugin.h"
@@ -19,7 +19,7 @@ static const sluice_subscription kSubs[] = {
 
 SLUICE_PLUGIN_EXPORT const sluice_plugin* sluice_plugin_entry(void) {
   static const sluice_plugin kDescriptor = {
-      2, 0, sizeof(sluice_plugin), "wrong_abi", "1.0", kSubs, 1, 0, 0, 0, Handle, 0,
+      2, 0, sizeof(sluice_plugin), "wrong_abi", "1.0", kSubs, 1, 0, 0, 0, Handle, 0, 0,
   };
   return &kDescriptor;
 }
