@@ -115,9 +115,9 @@ void BrokerService::PluginExited(uint64_t conn_id, bool crashed) {
     return;
   }
   exited_plugins_[conn_id] = crashed;
-  // The worker is gone: close its connection now rather than wait to read its end-of-file or to
-  // write deliveries nobody will read.
-  if (auto conn = conns_.Find(conn_id)) conn->Abort(Unavailable("the plugin worker exited"));
+  // Deliveries queued for the dead worker can never be read. What it sent before it died (a last
+  // bundle, its Nacks) is still read, and its end-of-file closes the connection.
+  if (auto conn = conns_.Find(conn_id)) conn->DropOutput();
 }
 
 void BrokerService::DetachSession(Session& s, bool crashed) {

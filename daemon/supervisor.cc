@@ -446,8 +446,29 @@ void Supervisor::OnExited(Worker& w, int64_t exit_status, int term_signal) {
                         : fmt::format("exited with status {}", exit_status);
   // A handler crash, a watchdog kill or a plugin's own exit(): the messages it held are suspects.
   // Exits 75 (setup failed) and 78 (refused) happen before any message is taken.
-  const bool crashed = !requested && (term_signal != 0 || (exit_status != 0 && exit_status != kExitSetup &&
-                                                          exit_status != kExitRefused));
+  bool crashed = !requested && (term_signal != 0 || (exit_status != 0 && exit_status != kExitSetup &&
+                                                    exit_status != kExitRefused));
+  std::string in_hand;
+  if (w.in_hand != nullptr) {
+    uint32_t busy = w.in_hand->busy.load(std::memory_order_acquire);
+    if (busy == kInHandHandle) {
+      std::string id = FormatUuid(Uuid{w.in_hand->id_hi, w.in_hand->id_lo});
+      in_hand = fmt::format(" in handle() of message seq {} (id {})", w.in_hand->seq, id);
+      if (crashed && w.plugin != nullptr) {
+        auto& suspects = w.plugin->suspects;
+        if (std::find(suspects.begin(), suspects.end(), id) == suspects.end()) suspects.push_back(id);
+        if (suspects.size() > kMaxSuspects) suspects.pop_front();
+      }
+    } else if (busy == kInHandSync) {
+      // No message is to blame for a sync() that crashed or hung (a slow disk, a full one): their crash
+      // counts stay as they are, or one bad minute would make a whole batch poison. Restarts still back
+      // off and count against max_restarts.
+      in_hand = fmt::format(" in sync() of {} messages", w.in_hand->seq);
+      crashed = false;
+    }
+    ::munmap(w.in_hand, kInHandPageBytes);
+    w.in_hand = nullptr;
+  }
   if (w.attached) {
     service_->PluginExited(w.conn_id, crashed);
   } else if (w.broker_fd >= 0) {
@@ -459,20 +480,6 @@ void Supervisor::OnExited(Worker& w, int64_t exit_status, int term_signal) {
   w.base.Add(w.cur);
   w.cur = Counts();
   w.in_flight = 0;
-  std::string in_hand;
-  if (w.in_hand != nullptr) {
-    if (w.in_hand->busy.load(std::memory_order_acquire) != 0) {
-      std::string id = FormatUuid(Uuid{w.in_hand->id_hi, w.in_hand->id_lo});
-      in_hand = fmt::format(" in handle() of message seq {} (id {})", w.in_hand->seq, id);
-      if (crashed && w.plugin != nullptr) {
-        auto& suspects = w.plugin->suspects;
-        if (std::find(suspects.begin(), suspects.end(), id) == suspects.end()) suspects.push_back(id);
-        if (suspects.size() > kMaxSuspects) suspects.pop_front();
-      }
-    }
-    ::munmap(w.in_hand, kInHandPageBytes);
-    w.in_hand = nullptr;
-  }
   how += in_hand;
   w.last_exit = fmt::format("pid {} {}", pid, how);
 

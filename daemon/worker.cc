@@ -42,8 +42,10 @@ using nlohmann::json;
 // Bundles sent and not yet answered. Enough to keep the broker's group commit busy; bounded so that a
 // stalled broker cannot make the worker hold unbounded state.
 constexpr size_t kMaxBundlesInFlight = 512;
-// Runs one sync() may cover (plugin.h promises at most 256): bounds how long effects wait for it.
+// Runs one sync() may cover (plugin.h promises at most 256), and how long the first of them may wait
+// for it: slow handlers (an SMTP send) must not hold their acks until a long pass ends.
 constexpr size_t kMaxUnsynced = 256;
+constexpr auto kMaxSyncDelay = 50ms;
 // How long an idle worker waits for the socket before it looks at its stop flag again.
 constexpr auto kIdlePoll = 100ms;
 constexpr auto kStatsInterval = 1s;
@@ -86,9 +88,11 @@ class Watchdog {
   Watchdog(const Watchdog&) = delete;
   Watchdog& operator=(const Watchdog&) = delete;
 
-  // `seq` names the message in the log line (0: init()).
-  void Arm(uint64_t seq) {
-    seq_.store(seq, std::memory_order_relaxed);
+  enum class Phase : uint32_t { kInit, kHandle, kSync };
+  // For the log line: `n` is the message's seq (kHandle) or how many messages sync() covers (kSync).
+  void Arm(Phase phase, uint64_t n) {
+    phase_.store(phase, std::memory_order_relaxed);
+    n_.store(n, std::memory_order_relaxed);
     since_ns_.store(SteadyNs(), std::memory_order_release);
   }
   void Disarm() { since_ns_.store(0, std::memory_order_release); }
@@ -100,17 +104,24 @@ class Watchdog {
       cv_.wait_for(lock, tick);
       int64_t since = since_ns_.load(std::memory_order_acquire);
       if (since == 0 || SteadyNs() - since <= timeout_ns_) continue;
-      uint64_t seq = seq_.load(std::memory_order_relaxed);
-      log::Error("{} ran longer than handler_timeout ({}); killing this worker, the message will be redelivered",
-                 seq == 0 ? std::string("init()") : fmt::format("handle() of message seq {}", seq),
-                 FormatDuration(Duration(timeout_ns_ / 1000000)));
+      uint64_t n = n_.load(std::memory_order_relaxed);
+      std::string what;
+      switch (phase_.load(std::memory_order_relaxed)) {
+        case Phase::kInit: what = "init()"; break;
+        case Phase::kHandle: what = fmt::format("handle() of message seq {}", n); break;
+        case Phase::kSync: what = fmt::format("sync() of {} messages", n); break;
+      }
+      log::Error("{} ran longer than handler_timeout ({}); killing this worker, the messages it holds will be "
+                 "redelivered",
+                 what, FormatDuration(Duration(timeout_ns_ / 1000000)));
       ::kill(::getpid(), SIGKILL);
     }
   }
 
   const int64_t timeout_ns_;
   std::atomic<int64_t> since_ns_{0};
-  std::atomic<uint64_t> seq_{0};
+  std::atomic<Phase> phase_{Phase::kInit};
+  std::atomic<uint64_t> n_{0};
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
@@ -230,6 +241,7 @@ class Worker {
   std::unordered_map<uint64_t, uint32_t> credit_owed_;
   std::unordered_map<uint64_t, Sent> sent_;               // by bundle request id
   std::vector<Unsynced> unsynced_;                        // in run order; plugins with sync() only
+  std::chrono::steady_clock::time_point unsynced_since_;  // when the first of unsynced_ was run
   std::map<uint64_t, Held> reruns_;                       // by arrival order
   // Messages that were in hand when an earlier worker died. One is run only when this worker holds
   // nothing else (no queued delivery, no unanswered bundle) and credit is withheld meanwhile, so a
@@ -315,7 +327,7 @@ int Worker::Setup() {
     std::string data_dir = plugin_data_dir_.string();
     init.data_dir = data_dir.c_str();
     init.instance = options_.instance;
-    watchdog_.Arm(0);
+    watchdog_.Arm(Watchdog::Phase::kInit, 0);
     int rc = cb.init(&init, &state_);
     watchdog_.Disarm();
     if (rc != 0) {
@@ -458,9 +470,9 @@ void Worker::RunOne(Held held) {
     in_hand_->seq = m.seq;
     in_hand_->id_hi = id.hi;
     in_hand_->id_lo = id.lo;
-    in_hand_->busy.store(1, std::memory_order_release);
+    in_hand_->busy.store(kInHandHandle, std::memory_order_release);
   }
-  watchdog_.Arm(m.seq == 0 ? 1 : m.seq);
+  watchdog_.Arm(Watchdog::Phase::kHandle, m.seq);
   sluice_result r = plugin_->callbacks().handle(state_, &m, run.context());
   watchdog_.Disarm();
   if (in_hand_ != nullptr) in_hand_->busy.store(0, std::memory_order_release);
@@ -497,8 +509,11 @@ void Worker::RunOne(Held held) {
       bundle.version = NextVersion();
       pending_.Add(bundle.version, bundle.version, bundle.writes);
       if (plugin_->callbacks().sync != nullptr) {
+        if (unsynced_.empty()) unsynced_since_ = std::chrono::steady_clock::now();
         unsynced_.push_back({std::move(held), std::move(bundle)});
-        if (unsynced_.size() >= kMaxUnsynced) SyncAndSend();
+        if (unsynced_.size() >= kMaxUnsynced || std::chrono::steady_clock::now() - unsynced_since_ >= kMaxSyncDelay) {
+          SyncAndSend();
+        }
         return;
       }
       SendBundle(std::move(held), bundle);
@@ -547,11 +562,16 @@ void Worker::SyncAndSend() {
   if (unsynced_.empty()) return;
   std::vector<Unsynced> batch;
   batch.swap(unsynced_);
-  // A sync() that hangs is killed like a handle() that does; no message is blamed for it.
-  uint64_t first_seq = batch.front().held.delivery.seq();
-  watchdog_.Arm(first_seq == 0 ? 1 : first_seq);
+  // A sync() that hangs is killed like a handle() that does; but no message is its suspect (the
+  // supervisor reads kInHandSync), so a slow disk cannot make a whole batch poison.
+  if (in_hand_ != nullptr) {
+    in_hand_->seq = batch.size();
+    in_hand_->busy.store(kInHandSync, std::memory_order_release);
+  }
+  watchdog_.Arm(Watchdog::Phase::kSync, batch.size());
   int rc = plugin_->callbacks().sync(state_);
   watchdog_.Disarm();
+  if (in_hand_ != nullptr) in_hand_->busy.store(0, std::memory_order_release);
   if (rc == 0) {
     for (Unsynced& u : batch) SendBundle(std::move(u.held), u.bundle);
     return;

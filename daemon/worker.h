@@ -55,8 +55,10 @@ inline constexpr const char* kPluginConfigEnv = "SLUICE_PLUGIN_CONFIG";
 // they run a suspect alone, holding no other message (WorkerOptions::suspects), so that another crash
 // counts against the suspect only and not against innocent messages that happened to be prefetched.
 // Written only by the worker's handler thread, read by the supervisor after the worker has exited.
+inline constexpr uint32_t kInHandHandle = 1;  // handle() runs; seq and id name the message
+inline constexpr uint32_t kInHandSync = 2;    // sync() runs; seq is how many messages it covers
 struct InHandPage {
-  std::atomic<uint32_t> busy;  // 1 while handle() runs
+  std::atomic<uint32_t> busy;  // 0, kInHandHandle or kInHandSync
   uint32_t reserved;
   uint64_t seq;
   uint64_t id_hi;

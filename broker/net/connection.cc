@@ -201,6 +201,16 @@ void Connection::Abort(const Status& reason) {
   FinishClose();
 }
 
+void Connection::DropOutput() {
+  out_.clear();
+  // A write already handed to libuv cannot be taken back; it fails (EPIPE) and aborts.
+  if (paused_ && QueuedBytes() <= kLowWatermark && !closing_) {
+    paused_ = false;
+    UpdateReading();
+  }
+  if (closing_ && close_after_flush_ && in_write_bytes_ == 0) FinishClose();
+}
+
 void Connection::FinishClose() {
   close_after_flush_ = false;
   closing_ = true;

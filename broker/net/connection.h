@@ -79,9 +79,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   // Stops reading, writes what is queued, then closes. Idempotent.
   void Close(const Status& reason);
-  // Closes now, dropping what is queued: the peer is known to be gone (its process exited, a write
-  // failed). Also cuts short a Close that is still writing.
+  // Closes now, dropping what is queued: nothing more can reach the peer (a write failed). Also cuts
+  // short a Close that is still writing.
   void Abort(const Status& reason);
+  // The peer's process is known to have exited: drops what is queued for it, but still reads what it
+  // wrote before it went, up to its end-of-file, which closes the connection.
+  void DropOutput();
 
   void set_max_frame_bytes(size_t n) { decoder_.set_max_frame_bytes(n); }
 

@@ -19,10 +19,12 @@
 // Maildir durability (`maildir_fsync`, default on): Handle writes the mail under tmp/ only; Sync, which
 // the host calls before it acks any of the messages handled since the last Sync, makes all of them
 // durable at once (one syncfs of the Maildir's file system), renames them into new/ and fsyncs new/.
-// So a burst of N mails costs two syncs instead of 2N, and an acked mail is always on disk.
+// So a burst of N mails costs two syncs instead of 2N, and an acked mail is always on disk. syncfs
+// reports writeback errors since Linux 5.8 (Debian 12 ships 6.1). A failed Sync retries every message
+// it covered with the subscription's backoff (the worker nacks them), not retry_base_ms.
 //
-// Threading: the host calls Init and Handle on one thread, one at a time (plugin.h); a send blocks the
-// handler for at most the configured SMTP timeout.
+// Threading: the host calls Init, Handle and Sync on one thread, one at a time (plugin.h); a send blocks
+// the handler for at most the configured SMTP timeout.
 #include <curl/curl.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -226,6 +228,10 @@ int MakeDir(const std::string& path) {
   return -errno;
 }
 
+// Maildir wants tmp/ names that no other writer uses: two instances may hold the same event at once
+// (a lease that expired), and must not write into one file.
+std::string TmpSuffix() { return "." + std::to_string(getpid()); }
+
 int WriteAll(int fd, std::string_view data) {
   while (!data.empty()) {
     ssize_t n = write(fd, data.data(), data.size());
@@ -265,7 +271,7 @@ class NotificationPlugin final : public sdk::Plugin {
   int64_t retry_max_ms_ = 300'000;
   std::unique_ptr<SmtpSender> smtp_;
   bool curl_initialized_ = false;
-  // Mails under tmp/ that Sync moves into new/: their file names.
+  // Mails under tmp/ that Sync moves into new/: their names in new/ (under tmp/ with TmpSuffix()).
   std::vector<std::string> unsynced_;
   bool recheck_new_ = false;  // Sync fsyncs new/ even when it has no mail to move
 
@@ -504,7 +510,7 @@ sdk::Result NotificationPlugin::WriteMaildir(const Mail& mail, const sdk::Messag
     return sdk::Result::Ok();
   }
   // Maildir delivery: write under tmp/, then rename into new/, so a reader never sees half a mail.
-  std::string tmp_path = maildir_ + "/tmp/" + name;
+  std::string tmp_path = maildir_ + "/tmp/" + name + TmpSuffix();
   std::string message = Render(mail, m, date_us, "\n");
   int fd = open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return Backoff(m, "Maildir: open " + tmp_path + ": " + std::strerror(errno));
@@ -531,16 +537,21 @@ int NotificationPlugin::Sync() {
   std::vector<std::string> names;
   names.swap(unsynced_);
   const std::string tmp = maildir_ + "/tmp/";
+  const std::string suffix = TmpSuffix();
   const std::string fresh = maildir_ + "/new/";
   int rc = 0;
   int dir = open(fresh.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir < 0) rc = -errno;
-  // One syncfs writes every mail's data (and its tmp/ entry) in one journal commit; fsyncing the
-  // files one by one would cost a commit each.
+  // One syncfs writes every mail's data (and its tmp/ entry) and flushes the device once; fsyncing
+  // the files one by one would cost a device flush each.
   if (rc == 0 && !names.empty() && syncfs(dir) != 0) rc = -errno;
   size_t moved = 0;
-  for (; rc == 0 && moved < names.size(); ++moved) {
-    if (rename((tmp + names[moved]).c_str(), (fresh + names[moved]).c_str()) != 0) rc = -errno;
+  while (rc == 0 && moved < names.size()) {
+    if (rename((tmp + names[moved] + suffix).c_str(), (fresh + names[moved]).c_str()) != 0) {
+      rc = -errno;
+    } else {
+      ++moved;
+    }
   }
   // The renames are durable only once new/ is: until then a crash could lose an acked mail.
   if (rc == 0 && fsync(dir) != 0) rc = -errno;
@@ -548,7 +559,7 @@ int NotificationPlugin::Sync() {
   if (rc != 0) {
     // Every message of this run is retried and writes its mail again; a mail that did reach new/ is
     // found there and not written twice.
-    for (size_t i = moved; i < names.size(); ++i) unlink((tmp + names[i]).c_str());
+    for (size_t i = moved; i < names.size(); ++i) unlink((tmp + names[i] + suffix).c_str());
   }
   return rc;
 }
@@ -565,3 +576,7 @@ const sluice_subscription kSubscriptions[] = {
 
 SLUICE_PLUGIN_NO_PUBLISHES(sluice::notification_plugin::NotificationPlugin, "notification", "1.0.0",
                            sluice::notification_plugin::kSubscriptions)
+
+// Without Sync the host would ack a mail that is still only under tmp/.
+static_assert(sluice::sdk::detail::kHasSync<sluice::notification_plugin::NotificationPlugin>,
+              "NotificationPlugin::Sync must be found by the SDK");

@@ -47,7 +47,7 @@ class ConnectionTest : public ::testing::Test {
     conn_.reset();
     if (fds_[1] >= 0) ::close(fds_[1]);
     set_->CloseAll(Status::Ok());
-    RunUntil([] { return false; }, 50ms);
+    RunUntil([&] { return set_->size() == 0; });
     set_.reset();
     uv_close(reinterpret_cast<uv_handle_t*>(&keep_alive_), nullptr);
     uv_run(&loop_, UV_RUN_NOWAIT);
@@ -124,6 +124,16 @@ TEST_F(ConnectionTest, AnAbortCutsShortACleanCloseThatIsStillWriting) {
   conn_->Abort(Unavailable("the peer is gone"));
   ASSERT_TRUE(RunUntil([&] { return handler_.closed.has_value(); }));
   EXPECT_EQ(handler_.closed->message(), "the peer is gone");
+}
+
+TEST_F(ConnectionTest, DroppingTheOutputOfAPeerThatExitedStillReadsItsEndOfFile) {
+  auto big = Big();
+  conn_->Send(big.data(), big.size());
+  RunUntil([] { return false; }, 20ms);
+  ClosePeer();
+  conn_->DropOutput();
+  ASSERT_TRUE(RunUntil([&] { return handler_.closed.has_value(); }));
+  EXPECT_EQ(conn_->QueuedBytes(), 0u);
 }
 
 // The daemon used to keep such a connection (and a dead plugin worker's leases) forever: the failed

@@ -167,6 +167,13 @@ TEST(LoadedPluginTest, ASdkPluginWithoutASyncMethodHasNoSyncCallback) {
   auto p = LoadedPlugin::Load(Mock("ok"));
   ASSERT_TRUE(p.ok()) << p.status().message();
   EXPECT_EQ((*p)->callbacks().sync, nullptr);
+  // It declares the lowest minor it needs, so it also loads on a 1.0 host.
+  EXPECT_EQ((*p)->descriptor().abi_minor, 0u);
+
+  auto with_sync = LoadedPlugin::Load(Mock("sync_once_fails"));
+  ASSERT_TRUE(with_sync.ok()) << with_sync.status().message();
+  EXPECT_NE((*with_sync)->callbacks().sync, nullptr);
+  EXPECT_EQ((*with_sync)->descriptor().abi_minor, 1u);
 }
 
 }  // namespace

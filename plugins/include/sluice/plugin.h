@@ -187,9 +187,10 @@ typedef struct sluice_plugin {
   void (*shutdown)(void* state);
   /* Optional, ABI 1.1. Makes the outside effects of every handle() since the previous sync() durable,
    * for all of them at once (one fsync for many files). The host calls it after a run of handle()
-   * calls that returned SLUICE_OK (as many as it has queued, up to 256) and commits none of their
-   * bundles before it returns 0. A negative errno: every one of those messages is retried, as if its
-   * handle() had returned SLUICE_RETRY. Without sync, each bundle is committed as soon as its handle()
+   * calls that returned SLUICE_OK (as many as it has queued, up to 256 and 50 ms) and commits none of
+   * their bundles before it returns 0. A negative errno: every one of those messages is retried, as if
+   * its handle() had returned SLUICE_RETRY. A crash or handler_timeout kill inside sync() counts no
+   * crash against those messages. Without sync, each bundle is committed as soon as its handle()
    * returns. */
   int (*sync)(void* state);
 } sluice_plugin;

@@ -287,16 +287,33 @@ int SyncThunk(void* state) {
     static_cast<Instance*>(state)->api->log(nullptr, SLUICE_LOG_ERROR,
                                             (std::string("sync failed: ") + e.what()).c_str());
     return -5;  // EIO
+  } catch (...) {
+    static_cast<Instance*>(state)->api->log(nullptr, SLUICE_LOG_ERROR,
+                                            "sync failed: a non-standard exception");
+    return -5;
   }
 }
 
+// Must be public and return int exactly (a bool would read as failure); a plugin that depends on it can
+// static_assert(sluice::sdk::detail::kHasSync<MyPlugin>).
+template <typename T>
+inline constexpr bool kHasSync = requires(T& t) {
+  { t.Sync() } -> std::same_as<int>;
+};
+
 template <typename T>
 constexpr int (*SyncFor())(void*) {
-  if constexpr (requires(T& t) { { t.Sync() } -> std::convertible_to<int>; }) {
+  if constexpr (kHasSync<T>) {
     return &SyncThunk<T>;
   } else {
     return nullptr;
   }
+}
+
+// The lowest minor the plugin needs: 1.0 unless it has Sync (1.1), so it still loads on a 1.0 host.
+template <typename T>
+constexpr uint32_t AbiMinorFor() {
+  return kHasSync<T> ? 1u : 0u;
 }
 
 }  // namespace detail
@@ -307,7 +324,8 @@ constexpr int (*SyncFor())(void*) {
 #define SLUICE_PLUGIN(CLASS, NAME, VERSION, SUBS, PUBLISHES)                                        \
   extern "C" SLUICE_PLUGIN_EXPORT const sluice_plugin* sluice_plugin_entry(void) {                  \
     static const sluice_plugin kDescriptor = {                                                      \
-        SLUICE_PLUGIN_ABI_MAJOR, SLUICE_PLUGIN_ABI_MINOR, sizeof(sluice_plugin), NAME, VERSION,     \
+        SLUICE_PLUGIN_ABI_MAJOR, ::sluice::sdk::detail::AbiMinorFor<CLASS>(), sizeof(sluice_plugin), \
+        NAME, VERSION,                                                                              \
         SUBS, sizeof(SUBS) / sizeof((SUBS)[0]), PUBLISHES, sizeof(PUBLISHES) / sizeof((PUBLISHES)[0]), \
         &::sluice::sdk::detail::InitThunk<CLASS>, &::sluice::sdk::detail::HandleThunk,              \
         &::sluice::sdk::detail::ShutdownThunk, ::sluice::sdk::detail::SyncFor<CLASS>()};             \
@@ -317,7 +335,8 @@ constexpr int (*SyncFor())(void*) {
 #define SLUICE_PLUGIN_NO_PUBLISHES(CLASS, NAME, VERSION, SUBS)                                      \
   extern "C" SLUICE_PLUGIN_EXPORT const sluice_plugin* sluice_plugin_entry(void) {                  \
     static const sluice_plugin kDescriptor = {                                                      \
-        SLUICE_PLUGIN_ABI_MAJOR, SLUICE_PLUGIN_ABI_MINOR, sizeof(sluice_plugin), NAME, VERSION,     \
+        SLUICE_PLUGIN_ABI_MAJOR, ::sluice::sdk::detail::AbiMinorFor<CLASS>(), sizeof(sluice_plugin), \
+        NAME, VERSION,                                                                              \
         SUBS, sizeof(SUBS) / sizeof((SUBS)[0]), nullptr, 0,                                          \
         &::sluice::sdk::detail::InitThunk<CLASS>, &::sluice::sdk::detail::HandleThunk,              \
         &::sluice::sdk::detail::ShutdownThunk, ::sluice::sdk::detail::SyncFor<CLASS>()};             \
