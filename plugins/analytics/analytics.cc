@@ -248,8 +248,10 @@ class Analytics final : public sluice::sdk::Plugin {
 
 // Backfill: a new subscription starts at the earliest event the topic still holds. Ordering by key
 // keeps one order's events in sequence (created before confirmed).
+// Prefetch 256, as the pipeline's own plugins: with 64 a subscriber of every order event falls behind
+// at the pipeline's full rate.
 const sluice_subscription kSubscriptions[] = {
-    {"order.events", "analytics", SLUICE_START_EARLIEST, SLUICE_ORDERING_KEY, 0, 0, 0},
+    {"order.events", "analytics", SLUICE_START_EARLIEST, SLUICE_ORDERING_KEY, 0, 0, 256},
     {"analytics.commands", "analytics-commands", SLUICE_START_LATEST, SLUICE_ORDERING_NONE, 0, 0, 0},
 };
 

@@ -26,6 +26,13 @@ namespace sluice::pipeline {
 
 namespace sdk = ::sluice::sdk;
 
+// Prefetch of the pipeline's subscriptions. A worker returns credit when a message's bundle commits,
+// so a subscription moves at most `prefetch` messages per commit round trip: with the SDK's 64, the
+// confirmation path fell behind placement at 128 clients (7,300-8,300 orders/s to CONFIRMED against
+// 9,600-11,000 placed, and a growing backlog); with 256 it keeps up (bench/README.md). The price is
+// that more messages come back at once after a worker crash.
+inline constexpr uint32_t kPipelinePrefetch = 256;
+
 // Topics (fixed: the daemon config and sluicectl use the same names).
 inline constexpr std::string_view kOrderCommands = "order.commands";
 inline constexpr std::string_view kOrderEvents = "order.events";

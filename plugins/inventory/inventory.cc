@@ -425,7 +425,7 @@ sdk::Result InventoryPlugin::ShowStock(const sdk::Message& m, sdk::Context& ctx)
 // Both event subscriptions start at the earliest message: an OrderCreated published before this
 // subscription existed must still be reserved, or its order would stay PENDING.
 const sluice_subscription kSubscriptions[] = {
-    {"order.events", "inventory", SLUICE_START_EARLIEST, SLUICE_ORDERING_KEY, 0, 0, 0},
+    {"order.events", "inventory", SLUICE_START_EARLIEST, SLUICE_ORDERING_KEY, 0, 0, pl::kPipelinePrefetch},
     {"inventory.commands", "inventory-commands", SLUICE_START_LATEST, SLUICE_ORDERING_NONE, 0, 0, 0},
 };
 const char* const kPublishes[] = {"inventory.events"};

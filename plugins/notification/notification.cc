@@ -568,7 +568,8 @@ int NotificationPlugin::Sync() {
 // subscription existed still gets its mail. Deliveries may wait for a slow relay (ack_wait 2 min) and
 // retry for hours (max_deliveries 100 with backoff up to retry_max_ms) before a mail is dead-lettered.
 const sluice_subscription kSubscriptions[] = {
-    {"order.events", "notification", SLUICE_START_EARLIEST, SLUICE_ORDERING_NONE, 100, 120'000, 0},
+    {"order.events", "notification", SLUICE_START_EARLIEST, SLUICE_ORDERING_NONE, 100, 120'000,
+     pl::kPipelinePrefetch},
 };
 
 }  // namespace

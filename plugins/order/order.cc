@@ -537,8 +537,8 @@ sdk::Result OrderPlugin::ApplyOutcome(const sdk::Message& m, sdk::Context& ctx, 
 // every one of them: start at the earliest, so a subscription created after the first order still
 // gets its outcome.
 const sluice_subscription kSubscriptions[] = {
-    {"order.commands", "order-commands", SLUICE_START_LATEST, SLUICE_ORDERING_NONE, 0, 0, 0},
-    {"inventory.events", "order-inventory", SLUICE_START_EARLIEST, SLUICE_ORDERING_KEY, 0, 0, 0},
+    {"order.commands", "order-commands", SLUICE_START_LATEST, SLUICE_ORDERING_NONE, 0, 0, pl::kPipelinePrefetch},
+    {"inventory.events", "order-inventory", SLUICE_START_EARLIEST, SLUICE_ORDERING_KEY, 0, 0, pl::kPipelinePrefetch},
 };
 const char* const kPublishes[] = {"order.events"};
 
