@@ -37,6 +37,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <string>
@@ -228,6 +229,23 @@ int MakeDir(const std::string& path) {
   return -errno;
 }
 
+// A worker that died between writing a mail and Sync left it under tmp/ (its redelivery writes a new
+// one under another pid). Maildir readers ignore tmp/; this removes what is older than any write in
+// progress can be. Returns how many it removed.
+constexpr int64_t kStaleTmpSeconds = 3600;
+
+int RemoveStaleTmp(const std::string& tmp_dir, int64_t now_seconds) {
+  int removed = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(tmp_dir, ec)) {
+    struct stat st {};
+    if (lstat(entry.path().c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    if (now_seconds - st.st_mtime < kStaleTmpSeconds) continue;
+    if (unlink(entry.path().c_str()) == 0) ++removed;
+  }
+  return removed;
+}
+
 // Maildir wants tmp/ names that no other writer uses: two instances may hold the same event at once
 // (a lease that expired), and must not write into one file.
 std::string TmpSuffix() { return "." + std::to_string(getpid()); }
@@ -337,6 +355,10 @@ int NotificationPlugin::Init(const sdk::InitInfo& info) {
     }
   }
   info.Log(SLUICE_LOG_INFO, "no [smtp] relay configured: writing mail to the Maildir " + maildir_);
+  if (int removed = RemoveStaleTmp(maildir_ + "/tmp", static_cast<int64_t>(time(nullptr))); removed > 0) {
+    info.Log(SLUICE_LOG_NOTICE, "removed " + std::to_string(removed) + " unfinished mails older than an hour from " +
+                                    maildir_ + "/tmp (left by a worker that died before they were synced)");
+  }
   return 0;
 }
 

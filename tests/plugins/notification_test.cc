@@ -155,6 +155,19 @@ TEST(NotificationPlugin, AMailReachesNewOnlyThroughSyncAndACrashBeforeItLosesNot
   EXPECT_TRUE(Files(maildir / "tmp").empty());
 }
 
+TEST(NotificationPlugin, UnfinishedMailsOlderThanAnHourAreRemovedFromTmpAtStart) {
+  auto host = LoadNotification();
+  ASSERT_TRUE(host);
+  const fs::path tmp = fs::path(host->data_dir()) / "Maildir" / "tmp";
+  std::ofstream(tmp / "stale.sluice.1") << "half a mail";
+  std::ofstream(tmp / "fresh.sluice.2") << "being written";
+  fs::last_write_time(tmp / "stale.sluice.1", fs::file_time_type::clock::now() - std::chrono::hours(2));
+  ASSERT_TRUE(host->Restart().ok());
+  EXPECT_FALSE(fs::exists(tmp / "stale.sluice.1"));
+  EXPECT_TRUE(fs::exists(tmp / "fresh.sluice.2"));
+  EXPECT_TRUE(host->Logged("removed 1 unfinished mails older than an hour"));
+}
+
 TEST(NotificationPlugin, ASyncThatFailsRetriesTheMessageAndLeavesNoHalfMail) {
   auto host = LoadNotification();
   ASSERT_TRUE(host);
