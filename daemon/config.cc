@@ -68,6 +68,7 @@ struct ConfigError {
   Location where;
   uint32_t column = 0;
   std::string text;  // "KEY: problem" or "syntax error: ..."
+  std::string key;   // empty for a syntax error
 };
 
 // What a key's parser needs besides the value: the folder of the file, for relative paths.
@@ -811,9 +812,12 @@ class Loader {
   // may hold nothing but [[plugin]] tables.
   void AddText(std::string_view text, const std::string& file, bool plugins_only = false);
   Result<Config> Finish();
+  // The daemon section as far as it loaded, unless an error may have kept a socket path from loading
+  // (an error in that key or in the [daemon] table itself, or a syntax error): then Finish()'s error.
+  Result<DaemonConfig> DaemonSection();
 
   void Error(const Location& where, std::string_view key, std::string_view problem) {
-    errors_.push_back({where, 0, fmt::format("{}: {}", key, problem)});
+    errors_.push_back({where, 0, fmt::format("{}: {}", key, problem), std::string(key)});
   }
   Location At(const toml::node& node) const {
     Location l = current_;
@@ -1147,6 +1151,15 @@ Result<Config> Loader::Finish() {
   return InvalidArgument(std::move(message));
 }
 
+Result<DaemonConfig> Loader::DaemonSection() {
+  for (const ConfigError& e : errors_) {
+    if (e.key.empty() || e.key == "daemon" || e.key == "daemon.admin_socket" || e.key == "daemon.broker_socket") {
+      return Finish().status();
+    }
+  }
+  return config_.daemon;
+}
+
 // Reads a whole file; the error names the file ("FILE: cannot read: No such file or directory").
 Status ReadFile(const fs::path& path, std::string& out) {
   const std::string what = fmt::format("{}: cannot read", path.string());
@@ -1201,8 +1214,10 @@ Result<Config> ParseConfig(std::string_view toml_text, std::string_view name) {
   return loader.Finish();
 }
 
-Result<Config> LoadConfig(const std::filesystem::path& path, bool allow_missing) {
-  Loader loader;
+namespace {
+
+// The main file and its drop-ins (conf.d/, then plugins.d/), applied in that order.
+Status LoadFiles(Loader& loader, const fs::path& path, bool allow_missing) {
   std::string text;
   Status read = ReadFile(path, text);
   if (read.ok()) {
@@ -1210,7 +1225,6 @@ Result<Config> LoadConfig(const std::filesystem::path& path, bool allow_missing)
   } else if (!(allow_missing && read.code() == StatusCode::kNotFound)) {
     return read;
   }
-
   for (const char* folder : {"conf.d", "plugins.d"}) {
     Result<std::vector<fs::path>> dropins = ListDropIns(path.parent_path() / folder);
     if (!dropins.ok()) return dropins.status();
@@ -1220,7 +1234,21 @@ Result<Config> LoadConfig(const std::filesystem::path& path, bool allow_missing)
       loader.AddText(text, dropin.string(), plugins_only);
     }
   }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<Config> LoadConfig(const std::filesystem::path& path, bool allow_missing) {
+  Loader loader;
+  SLUICE_RETURN_IF_ERROR(LoadFiles(loader, path, allow_missing));
   return loader.Finish();
+}
+
+Result<DaemonConfig> LoadDaemonSection(const std::filesystem::path& path, bool allow_missing) {
+  Loader loader;
+  SLUICE_RETURN_IF_ERROR(LoadFiles(loader, path, allow_missing));
+  return loader.DaemonSection();
 }
 
 

@@ -96,6 +96,11 @@ struct Config {
 // kNotFound for a missing file. A missing main file is an error unless `allow_missing` (then the
 // defaults apply, plus any drop-ins). Invalid contents are kInvalidArgument.
 Result<Config> LoadConfig(const std::filesystem::path& path, bool allow_missing = false);
+// Only the [daemon] section, for sluicectl: a mistake elsewhere (the very edit an operator is about
+// to `sluicectl reload`) must not keep it from finding the daemon's sockets. Fails only when a socket
+// path may not have loaded (an error in daemon.admin_socket, daemon.broker_socket or the [daemon]
+// table itself, or a syntax error).
+Result<DaemonConfig> LoadDaemonSection(const std::filesystem::path& path, bool allow_missing = false);
 
 // Parses TOML text as if it were the file `name` (no drop-ins). For tests and the fuzzer.
 Result<Config> ParseConfig(std::string_view toml_text, std::string_view name);

@@ -162,8 +162,7 @@ int Daemon::Run() {
 void Daemon::OnSignal(uv_signal_t* handle, int signum) {
   auto* self = static_cast<Daemon*>(handle->data);
   if (signum == SIGHUP) {
-    auto r = self->Reload();
-    if (!r.ok()) log::Error("reload failed, keeping the running configuration: {}", r.status().message());
+    (void)self->Reload();  // logs its outcome
     return;
   }
   self->BeginShutdown(signum == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -265,6 +264,8 @@ Result<nlohmann::json> Daemon::Reload() {
   notifier_->Reloading();
   auto fresh = LoadConfig(config_path_, /*allow_missing=*/false);
   if (!fresh.ok()) {
+    // Logged here for SIGHUP and `sluicectl reload` alike; the latter also shows it to its caller.
+    log::Error("reload failed, keeping the running configuration: {}", fresh.status().message());
     notifier_->Ready("reload failed; running with the previous configuration");
     return fresh.status();
   }

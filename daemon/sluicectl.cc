@@ -54,12 +54,12 @@ class Ctl {
   static std::string SocketPath(const Globals& g, bool admin) {
     const std::string& given = admin ? g.socket : g.broker_socket;
     if (!given.empty()) return given;
-    auto config = sluice::LoadConfig(g.config_path, /*allow_missing=*/!g.config_given);
-    if (!config.ok()) {
-      std::fprintf(stderr, "sluicectl: %s\n", config.status().message().c_str());
+    auto daemon = sluice::LoadDaemonSection(g.config_path, /*allow_missing=*/!g.config_given);
+    if (!daemon.ok()) {
+      std::fprintf(stderr, "sluicectl: %s\n", daemon.status().message().c_str());
       return {};
     }
-    return (admin ? config->daemon.admin_socket : config->daemon.broker_socket).string();
+    return (admin ? daemon->admin_socket : daemon->broker_socket).string();
   }
 
   int Connect() {

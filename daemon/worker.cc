@@ -370,7 +370,8 @@ int Worker::Setup() {
   std::random_device rd;
   version_nonce_ = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ static_cast<uint64_t>(SteadyNs());
   status_.Send({{"event", "ready"}});
-  log::Info("running {} {} from {} ({} subscriptions)", d.name, d.version, file, d.subscriptions.size());
+  log::Info("running {} {} from {} ({} subscription{})", d.name, d.version, file, d.subscriptions.size(),
+            d.subscriptions.size() == 1 ? "" : "s");
   return 0;
 }
 

@@ -30,7 +30,7 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-say "sluiced is up with three plugins (the broker, the plugin workers, the admin socket)"
+say "sluiced is up: the broker, the admin socket, and a worker process for each of three plugins"
 ctl status
 echo
 ctl plugins
@@ -46,7 +46,8 @@ place --email cid@example.com --item SKU-3:1
 place --email dee@example.com --item SKU-2:3
 place --email eve@example.com --item SKU-1:1 --idempotency-key eve-cart-7
 place --email eve@example.com --item SKU-1:1 --idempotency-key eve-cart-7
-echo "(eve's second request repeats the idempotency key: it returns the first order, not a new one)"
+echo "(eve's second request repeats the idempotency key: it returns the first order, in its current status,"
+echo " not a new one)"
 
 say "waiting for Inventory to settle every order"
 for _ in $(seq 100); do
@@ -70,7 +71,7 @@ for f in "$maildir"/*; do
   printf '  %-20s %s\n' "$to" "$subject"
 done
 
-say "dropping in analytics: a 3-line TOML file and a load, no restart, Order untouched"
+say "dropping in analytics: a small TOML file and a load, no restart, Order untouched"
 cp etc/plugins.d/analytics.toml "$run/plugins.d/"
 cat "$run/plugins.d/analytics.toml"
 ctl plugin load analytics

@@ -174,11 +174,26 @@ TEST(DaemonTest, SighupReloadsAndReportsChanges) {
   EXPECT_TRUE(d.Running());
 
   // A broken config is refused and the daemon keeps running on the old one.
-  std::ofstream(d.config_path(), std::ios::app) << "no_such_key = 1\n";
+  std::ofstream(d.config_path(), std::ios::app) << "no_such_key = 1\nother_bad_key = 2\n";
   auto reload = d.Ctl({"reload"});
   EXPECT_EQ(reload.exit_code, 1);
   EXPECT_THAT(reload.err, HasSubstr("no_such_key"));
   EXPECT_EQ(d.Ctl({"ping"}).exit_code, 0);
+  // The daemon logs the refusal too, every line with its priority.
+  log = d.Log();
+  EXPECT_THAT(log, HasSubstr("reload failed, keeping the running configuration"));
+  std::istringstream lines(log);
+  int bad_lines = 0;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find("other_bad_key") == std::string::npos) continue;
+    ++bad_lines;
+    EXPECT_TRUE(line.starts_with("<3>")) << line;
+  }
+  EXPECT_GE(bad_lines, 1);
+  // sluicectl finds the daemon through the very file being edited, broken or not.
+  auto via_config = RunCommand({SluicectlPath(), "--config", d.config_path().string(), "reload"});
+  EXPECT_EQ(via_config.exit_code, 1) << via_config.err;
+  EXPECT_THAT(via_config.err, HasSubstr("other_bad_key"));
 }
 
 TEST(DaemonTest, SigtermDrainsExitsZeroAndRemovesSockets) {

@@ -256,6 +256,28 @@ TEST(ConfigErrorTest, PluginEntries) {
             "sluice.toml:4: subscription.max_crashes: 0 is out of range (1..1000)");
 }
 
+// sluicectl finds the daemon through a file the operator may be editing: a mistake outside [daemon]
+// must not keep `sluicectl reload` from reaching the daemon (which then refuses the file itself).
+TEST(LoadConfigTest, TheDaemonSectionLoadsDespiteMistakesElsewhere) {
+  TempDir dir;
+  const fs::path main = dir.Write("sluice.toml",
+                                  "[daemon]\nadmin_socket = \"a.sock\"\nlog_levle = \"debug\"\n"
+                                  "[broker]\ndurability = \"fast\"\n");
+  dir.Write("conf.d/x.toml", "[[plugin]]\nname = \"Bad Name\"\n");
+  ASSERT_FALSE(LoadConfig(main).ok());
+  Result<DaemonConfig> d = LoadDaemonSection(main);
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  EXPECT_EQ(d->admin_socket, dir.path() / "a.sock");
+  // A bad socket path is the one mistake that counts.
+  dir.Write("sluice.toml", "[daemon]\nadmin_socket = 5\n");
+  d = LoadDaemonSection(main);
+  ASSERT_FALSE(d.ok());
+  EXPECT_THAT(d.status().message(), HasSubstr("daemon.admin_socket"));
+  // A syntax error may hide any key: no guess then.
+  dir.Write("sluice.toml", "[daemon]\nadmin_socket = \"a.sock\"\n[broker\n");
+  EXPECT_FALSE(LoadDaemonSection(main).ok());
+}
+
 TEST(LoadConfigTest, PluginDropInsComeLastAndHoldOnlyPlugins) {
   TempDir dir;
   const fs::path main = dir.Write("sluice.toml", "[[plugin]]\nname = \"order\"\n");
