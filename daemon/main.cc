@@ -78,6 +78,14 @@ int main(int argc, char** argv) {
   }
   if (check_config) {
     std::fputs(sluice::FormatConfig(*config).c_str(), stdout);
+    // Not an error: the library may be installed later, and the daemon runs without it (the plugin
+    // is marked failed). But the operator checking a file wants to know now.
+    for (const sluice::PluginConfig& p : config->plugins) {
+      std::error_code ec;
+      if (p.enabled && !std::filesystem::exists(p.path, ec)) {
+        std::fprintf(stderr, "warning: plugin %s: %s does not exist\n", p.name.c_str(), p.path.c_str());
+      }
+    }
     std::fprintf(stderr, "configuration OK\n");
     return 0;
   }

@@ -13,6 +13,7 @@
 #include <iostream>
 #include <iterator>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -94,6 +95,44 @@ class Ctl {
       human(*r);
     }
     return kExitOk;
+  }
+
+  // After `plugin load` or `plugin restart`: waits (within --timeout) until the plugin's workers run
+  // or it has failed, so the exit status says whether it started, not only that the daemon took the
+  // command. A plugin in backoff has failed to start at least once: that is reported at once.
+  int WaitStarted(const std::string& name) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(g_.timeout_ms);
+    for (;;) {
+      auto r = conn_->Admin("plugins", json::object(), std::chrono::milliseconds(g_.timeout_ms));
+      if (!r.ok()) {
+        std::fprintf(stderr, "sluicectl: plugins: %s\n", r.status().message().c_str());
+        return conn_->closed() ? kExitUnreachable : kExitFailed;
+      }
+      json entry;
+      for (const auto& p : r->value("plugins", json::array())) {
+        if (p.value("name", "") == name) entry = p;
+      }
+      const std::string state = entry.value("state", "");
+      const std::string error = entry.value("last_error", "");
+      if (state == "running" || state == "disabled") {
+        if (!g_.json_output) {
+          std::printf("%s: %s (%d/%d workers)\n", name.c_str(), state.c_str(), entry.value("running", 0),
+                      entry.value("instances", 0));
+        }
+        return kExitOk;
+      }
+      if (state == "failed" || state == "backoff" || entry.is_null()) {
+        std::fprintf(stderr, "sluicectl: plugin %s did not start (%s): %s\n", name.c_str(),
+                     entry.is_null() ? "not configured" : state.c_str(), error.empty() ? "-" : error.c_str());
+        return kExitFailed;
+      }
+      if (std::chrono::steady_clock::now() >= deadline) {
+        std::fprintf(stderr, "sluicectl: plugin %s is still %s after %d ms\n", name.c_str(), state.c_str(),
+                     g_.timeout_ms);
+        return kExitFailed;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
   }
 
  private:
@@ -304,10 +343,13 @@ int main(int argc, char** argv) {
   auto plugin_cmd = [&](const char* name, const char* help, const char* command, const char* done) {
     auto* c = plugin->add_subcommand(name, help);
     c->add_option("name", plugin_name, "the plugin's name, as in its [[plugin]] table")->required();
-    c->callback([&, command, done] {
-      action = [&, command, done] {
-        return Ctl(g).Call(command, {{"name", plugin_name}},
-                           [done](const json&) { std::printf("%s: %s\n", plugin_name.c_str(), done); });
+    const bool wait = std::string_view(name) != "unload";
+    c->callback([&, command, done, wait] {
+      action = [&, command, done, wait] {
+        Ctl ctl(g);
+        int rc = ctl.Call(command, {{"name", plugin_name}},
+                          [done](const json&) { std::printf("%s: %s\n", plugin_name.c_str(), done); });
+        return rc == kExitOk && wait ? ctl.WaitStarted(plugin_name) : rc;
       };
     });
   };

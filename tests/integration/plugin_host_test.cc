@@ -286,6 +286,23 @@ TEST(PluginHostTest, APluginsSyncCoversABacklogAndAFailedSyncRetriesItsMessages)
   EXPECT_EQ(d.Stop(), 0);
 }
 
+// `plugin load` answers whether the plugin started, not only whether the daemon took the command.
+TEST(PluginHostTest, LoadingAPluginThatCannotStartFailsWithItsError) {
+  DaemonProcess d(PluginDir());
+  ASSERT_TRUE(d.Start());
+  std::filesystem::create_directories(d.dir() / "plugins.d");
+  std::ofstream(d.dir() / "plugins.d" / "ghost.toml") << "[[plugin]]\nname = \"ghost\"\n";
+  CommandResult r = d.Ctl({"plugin", "load", "ghost"});
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  EXPECT_THAT(r.err, HasSubstr("plugin ghost did not start (failed)"));
+  EXPECT_THAT(r.err, HasSubstr("ghost.so"));
+  // --check-config warns about the missing library, and still accepts the file.
+  CommandResult check = RunCommand({SluicedPath(), "--check-config", "--config", d.config_path().string()});
+  EXPECT_EQ(check.exit_code, 0) << check.err;
+  EXPECT_THAT(check.err, HasSubstr("warning: plugin ghost: "));
+  EXPECT_EQ(d.Stop(), 0);
+}
+
 TEST(PluginHostTest, AHangingHandlerIsKilledAfterItsTimeoutAndTheMessageRedelivered) {
   DaemonProcess d(PluginDir() +
                   "[[plugin]]\nname = \"hang\"\nhandler_timeout = \"300ms\"\nrestart_backoff_initial = \"50ms\"\n"
@@ -372,9 +389,12 @@ TEST(PluginHostTest, APluginThatKeepsFailingIsMarkedFailedUntilRestarted) {
   // Nothing restarts it by itself...
   std::this_thread::sleep_for(200ms);
   EXPECT_EQ(Plugin(d, "ok").value("restarts", 0), 2);
-  // ... but an operator does.
+  // ... but an operator does; as its init() still fails, sluicectl says so.
   CommandResult r = d.Ctl({"plugin", "restart", "ok"});
-  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("ok: restarting"));
+  EXPECT_THAT(r.err, HasSubstr("plugin ok did not start"));
+  EXPECT_THAT(r.err, HasSubstr("init() failed"));
   EXPECT_TRUE(WaitUntil([&] { return Plugin(d, "ok").value("restarts", 0) > 2; }));
   EXPECT_EQ(d.Stop(), 0);
 }
@@ -403,6 +423,7 @@ TEST(PluginHostTest, HotLoadReplaysFromTheStartThenFollowsLiveWhileOthersGoOn) {
   CommandResult r = d.Ctl({"plugin", "load", "late"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("late: loaded"));
+  EXPECT_THAT(r.out, HasSubstr("late: running (1/1 workers)"));
   ASSERT_TRUE(WaitUntil([&] { return Plugin(d, "late").value("state", "") == "running"; })) << Plugin(d, "late");
   // Live traffic goes on for a while after the load.
   int at_load = published.load();
