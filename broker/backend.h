@@ -131,6 +131,7 @@ struct StoredMessage {
   uint64_t seq = 0;
   std::string envelope;           // the stored Envelope FlatBuffer
   bool dead_lettered = false;     // read from a dead-letter queue
+  std::string subscription;       // whose dead-letter queue, when dead_lettered
 };
 
 struct ParkedKey {

@@ -202,7 +202,10 @@ json StoredJson(const broker::StoredMessage& m) {
   json j = EnvelopeJson(m.envelope);
   j["topic"] = m.topic;
   j["seq"] = m.seq;
-  if (m.dead_lettered) j["dead_lettered"] = true;
+  if (m.dead_lettered) {
+    j["dead_lettered"] = true;
+    j["subscription"] = m.subscription;
+  }
   return j;
 }
 

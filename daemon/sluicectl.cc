@@ -175,20 +175,21 @@ void HumanSubs(const json& r) {
              rows);
 }
 
-void HumanDeadLetters(const json& r) {
+// `with_envelope`: dlq peek, whose columns include the envelope's, also when there are no rows.
+void HumanDeadLetters(const json& r, bool with_envelope) {
   std::vector<std::vector<std::string>> rows;
   for (const auto& d : r.value("dead_letters", json::array())) {
     std::vector<std::string> row = {Str(d["seq"]), Str(d["delivery_count"]), Str(d["reason"]),
                                     Str(d["last_error"])};
-    if (d.contains("envelope")) {
-      const auto& e = d["envelope"];
+    if (with_envelope) {
+      const json e = d.value("envelope", json::object());
       row.push_back(Str(e.value("key", json(""))));
       row.push_back(Str(e.value("type", json(""))));
       row.push_back(Str(e.value("correlation_id", json(""))));
     }
     rows.push_back(std::move(row));
   }
-  if (!rows.empty() && rows[0].size() > 4) {
+  if (with_envelope) {
     PrintTable({"SEQ", "DELIVERIES", "REASON", "LAST ERROR", "KEY", "TYPE", "CORRELATION"}, rows);
   } else {
     PrintTable({"SEQ", "DELIVERIES", "REASON", "LAST ERROR"}, rows);
@@ -222,7 +223,9 @@ void HumanMessages(const json& r) {
   for (const auto& m : r.value("messages", json::array())) {
     rows.push_back({TimeOfDay(m.value("publish_time_us", int64_t{0})), Str(m["topic"]), Str(m["seq"]),
                     Str(m.value("source", json(""))), Str(m.value("type", json(""))), Str(m.value("key", json(""))),
-                    Str(m.value("payload_bytes", json(0))), m.value("dead_lettered", false) ? "dead-lettered" : ""});
+                    Str(m.value("payload_bytes", json(0))),
+                    m.value("dead_lettered", false) ? "dead-lettered in " + m.value("subscription", std::string("?"))
+                                                    : std::string()});
   }
   PrintTable({"TIME (UTC)", "TOPIC", "SEQ", "SOURCE", "TYPE", "KEY", "BYTES", ""}, rows);
 }
@@ -382,8 +385,10 @@ int main(int argc, char** argv) {
       };
     });
   };
-  dlq_cmd("list", "list dead letters with reason and last error", "dlq.list", HumanDeadLetters, false, true);
-  dlq_cmd("peek", "dead letters with their envelopes", "dlq.peek", HumanDeadLetters, false, true);
+  dlq_cmd("list", "list dead letters with reason and last error", "dlq.list",
+          [](const json& r) { HumanDeadLetters(r, false); }, false, true);
+  dlq_cmd("peek", "dead letters with their envelopes", "dlq.peek",
+          [](const json& r) { HumanDeadLetters(r, true); }, false, true);
   dlq_cmd("redrive", "move dead letters back to the subscription (all, or --seq)", "dlq.redrive",
           [](const json& r) { std::printf("redriven: %s\n", Str(r.value("redriven", json(0))).c_str()); }, true,
           false);

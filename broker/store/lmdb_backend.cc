@@ -1363,7 +1363,8 @@ Result<std::vector<StoredMessage>> LmdbBackend::Trace(std::string_view correlati
     }
     auto sub = subs_.find(SeqKey::Id(static_cast<const char*>(k.mv_data)));
     out.push_back({sub != subs_.end() ? sub->second->topic->name : std::string("?"),
-                   SeqKey::Seq(static_cast<const char*>(k.mv_data)), scratch, true});
+                   SeqKey::Seq(static_cast<const char*>(k.mv_data)), scratch, true,
+                   sub != subs_.end() ? sub->second->name : std::string("?")});
   }
   mdb_cursor_close(cur);
   std::stable_sort(out.begin(), out.end(), [](const StoredMessage& a, const StoredMessage& b) {

@@ -177,15 +177,17 @@ int InventoryPlugin::EnsureInitialStock(sdk::Context& ctx) {
     initial_stock_committed_ = true;
     return 0;
   }
+  size_t stored = 0;
   for (const auto& [sku, qty] : initial_stock_) {
     if (ctx.Get(StockKey(sku))) continue;
     int rc = ctx.Put(StockKey(sku), EncodeStock({qty, 0}));
     if (rc != 0) return rc;
+    ++stored;
   }
   int rc = ctx.Put(kInitKey, fingerprint_);
   if (rc == 0)
-    ctx.Info("initial stock applied for SKUs not stored yet (" + std::to_string(initial_stock_.size()) +
-             " in config)");
+    ctx.Info("initial stock: " + std::to_string(stored) + " of the " + std::to_string(initial_stock_.size()) +
+             " SKUs in config stored; the others keep their stored stock (`sluicectl stock set` changes it)");
   return rc;
 }
 

@@ -88,6 +88,8 @@ TEST(InventoryPlugin, InitialStockIsAppliedOnTheFirstHandlerOnlyForUnstoredSkus)
   (*restarted)->kv() = host->kv();
   EXPECT_EQ(ShowStock(**restarted),
             (std::map<std::string, StockRow>{{"SKU-1", {4, 0}}, {"SKU-2", {3, 0}}, {"SKU-3", {7, 0}}}));
+  // The log says what was and was not taken from the config.
+  EXPECT_TRUE((*restarted)->Logged("initial stock: 1 of the 3 SKUs in config stored"));
 }
 
 TEST(InventoryPlugin, InitialStockFromADiscardedHandlerIsAppliedAgain) {

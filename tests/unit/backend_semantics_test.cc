@@ -549,6 +549,30 @@ TEST_P(BackendSemanticsTest, KeyOrderingUnderRetriesAndCompetingConsumers) {
   EXPECT_EQ(SubInfo("t", "s").pending, 0u);
 }
 
+// `sluicectl trace` lists a message once per dead-letter queue it is in: each names its subscription.
+TEST_P(BackendSemanticsTest, TraceNamesTheSubscriptionOfEachDeadLetter) {
+  Open();
+  Sink a, b;
+  uint64_t ida = Subscribe(Sub("t", "first"), &a, 10);
+  uint64_t idb = Subscribe(Sub("t", "second"), &b, 10);
+  ASSERT_TRUE(Publish("t").ok());
+  Settle();
+  ASSERT_EQ(a.got.size(), 1u);
+  ASSERT_EQ(b.got.size(), 1u);
+  NackOptions reject;
+  reject.reject = true;
+  ASSERT_TRUE(backend_->Nack(ida, a.got[0].delivery_id, reject).ok());
+  ASSERT_TRUE(backend_->Nack(idb, b.got[0].delivery_id, reject).ok());
+  Settle();
+  auto traced = backend_->Trace("", 10);
+  ASSERT_TRUE(traced.ok()) << traced.status().ToString();
+  std::set<std::string> subs;
+  for (const StoredMessage& m : *traced) {
+    if (m.dead_lettered) subs.insert(m.subscription);
+  }
+  EXPECT_EQ(subs, (std::set<std::string>{"first", "second"}));
+}
+
 TEST_P(BackendSemanticsTest, DeadLetteredKeyParksAndRedriveReleasesInOrder) {
   Open();
   Sink sink;
