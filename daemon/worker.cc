@@ -528,6 +528,9 @@ void Worker::RunOne(Held held) {
     default: {
       ++counts_.rejected;
       if (reason.empty()) reason = "rejected by the handler";
+      // A rejected event goes to the dead-letter queue: worth a line. A rejected request is a client's
+      // mistake, and the client gets the reason in its reply.
+      if (d.reply_token == 0) log::Notice("message seq {} rejected, dead-lettered: {}", m.seq, reason);
       (void)conn_->Nack(d.consumer_id, d.delivery_id, 0, true, reason);
       // The requester learns at once instead of waiting for its timeout.
       if (d.reply_token != 0) (void)conn_->Reply(d.reply_token, client::OutMessage{}, reason);

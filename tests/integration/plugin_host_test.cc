@@ -196,6 +196,7 @@ TEST(PluginHostTest, RetryAndRejectEndInTheDeadLetterQueueWithTheirReasons) {
   }
   EXPECT_EQ(rejected.value("reason", ""), "rejected");
   EXPECT_EQ(rejected.value("delivery_count", 0), 1);
+  EXPECT_THAT(d.Log(), HasSubstr("rejected, dead-lettered: rejected: bad input"));
   EXPECT_EQ(retried.value("reason", ""), "max_deliveries (3) reached");
   EXPECT_EQ(retried.value("last_error", ""), "try again");
   EXPECT_EQ(retried.value("delivery_count", 0), 3);
