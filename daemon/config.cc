@@ -1251,8 +1251,6 @@ Result<DaemonConfig> LoadDaemonSection(const std::filesystem::path& path, bool a
   return loader.DaemonSection();
 }
 
-
-
 std::string FormatConfig(const Config& config) {
   std::string out = "# The effective sluice configuration: every key, defaults included.\n";
   if (config.sources.empty()) out += "# from built-in defaults\n";

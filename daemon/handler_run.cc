@@ -71,28 +71,27 @@ const sluice_host_api kApi = {
 
 // ---- PendingWrites ----
 
-void PendingWrites::Add(uint64_t bundle, uint64_t version, const std::vector<client::KvWriteRecord>& writes) {
+void PendingWrites::Add(uint64_t version, const std::vector<client::KvWriteRecord>& writes) {
   if (writes.empty()) return;
-  std::vector<std::string>& keys = keys_by_bundle_[bundle];
+  std::vector<std::string>& keys = keys_by_version_[version];
   for (const client::KvWriteRecord& w : writes) {
     Entry& e = entries_[w.key];
     e.version = version;
     e.erased = w.erase;
     e.value = w.erase ? std::string() : w.value;
-    e.bundle = bundle;
     keys.push_back(w.key);
   }
 }
 
-void PendingWrites::Remove(uint64_t bundle) {
-  auto it = keys_by_bundle_.find(bundle);
-  if (it == keys_by_bundle_.end()) return;
+void PendingWrites::Remove(uint64_t version) {
+  auto it = keys_by_version_.find(version);
+  if (it == keys_by_version_.end()) return;
   for (const std::string& key : it->second) {
     auto e = entries_.find(key);
     // A later bundle that wrote the key again owns the entry now.
-    if (e != entries_.end() && e->second.bundle == bundle) entries_.erase(e);
+    if (e != entries_.end() && e->second.version == version) entries_.erase(e);
   }
-  keys_by_bundle_.erase(it);
+  keys_by_version_.erase(it);
 }
 
 const PendingWrites::Entry* PendingWrites::Find(std::string_view key) const {

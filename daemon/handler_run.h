@@ -66,19 +66,19 @@ class KvSnapshot {
   virtual Status Scan(std::string_view prefix, const ScanFn& fn) = 0;
 };
 
-// Writes of bundles sent and not answered yet, newest first per key. Each entry belongs to the bundle
-// that wrote the key last; Remove(bundle) drops only the entries that bundle still owns.
+// Writes of bundles run and not answered yet, newest first per key. A bundle is known by its version
+// (unique per bundle). Each entry belongs to the bundle that wrote the key last; Remove(version) drops
+// only the entries that bundle still owns.
 class PendingWrites {
  public:
   struct Entry {
     uint64_t version = 0;  // the bundle's version
     bool erased = false;
     std::string value;
-    uint64_t bundle = 0;
   };
 
-  void Add(uint64_t bundle, uint64_t version, const std::vector<client::KvWriteRecord>& writes);
-  void Remove(uint64_t bundle);
+  void Add(uint64_t version, const std::vector<client::KvWriteRecord>& writes);
+  void Remove(uint64_t version);
   const Entry* Find(std::string_view key) const;
   // Entries whose key starts with `prefix`, in key order.
   template <typename Fn>
@@ -92,7 +92,7 @@ class PendingWrites {
 
  private:
   std::map<std::string, Entry, std::less<>> entries_;
-  std::unordered_map<uint64_t, std::vector<std::string>> keys_by_bundle_;
+  std::unordered_map<uint64_t, std::vector<std::string>> keys_by_version_;
 };
 
 // The input of a run, as the host received it.

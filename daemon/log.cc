@@ -32,14 +32,14 @@ void Write(LogLevel level, std::string_view message) {
     std::lock_guard lock(g_identity_mu);
     // A message of several lines (every error of a config file) gets the prefix on each, so journald
     // keeps the priority of all of them.
-    size_t start = 0;
-    do {
-      size_t end = message.find('\n', start);
-      std::string_view line = message.substr(start, end == std::string_view::npos ? end : end - start);
+    for (size_t start = 0;;) {
+      const size_t end = message.find('\n', start);
+      const std::string_view line = message.substr(start, end - start);  // to the end when npos
       lines += g_tty ? fmt::format("{}: {}: {}\n", g_identity, LogLevelName(level), line)
                      : fmt::format("<{}>{}: {}\n", static_cast<int>(level), g_identity, line);
-      start = end == std::string_view::npos ? end : end + 1;
-    } while (start != std::string_view::npos && start < message.size());
+      if (end == std::string_view::npos || end + 1 == message.size()) break;
+      start = end + 1;
+    }
   }
   // One write per message keeps lines from different threads and worker processes whole.
   ssize_t unused = ::write(STDERR_FILENO, lines.data(), lines.size());

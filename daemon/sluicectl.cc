@@ -114,7 +114,7 @@ class Ctl {
       }
       const std::string state = entry.value("state", "");
       const std::string error = entry.value("last_error", "");
-      if (state == "running" || state == "disabled") {
+      if (state == "running") {
         if (!g_.json_output) {
           std::printf("%s: %s (%d/%d workers)\n", name.c_str(), state.c_str(), entry.value("running", 0),
                       entry.value("instances", 0));

@@ -249,7 +249,7 @@ class Worker {
   std::set<Uuid> suspects_;
   std::deque<Held> quarantine_;
   InHandPage* in_hand_ = nullptr;
-  PendingWrites pending_;  // by bundle version: a bundle's writes are visible from its run on
+  PendingWrites pending_;  // a bundle's writes are visible to later runs from its own run on
   uint64_t next_order_ = 1;
   uint64_t version_nonce_ = 0;
   uint64_t version_counter_ = 0;
@@ -508,7 +508,7 @@ void Worker::RunOne(Held held) {
       bundle.consumer_id = d.consumer_id;
       bundle.delivery_id = d.delivery_id;
       bundle.version = NextVersion();
-      pending_.Add(bundle.version, bundle.version, bundle.writes);
+      pending_.Add(bundle.version, bundle.writes);
       if (plugin_->callbacks().sync != nullptr) {
         if (unsynced_.empty()) unsynced_since_ = std::chrono::steady_clock::now();
         unsynced_.push_back({std::move(held), std::move(bundle)});

@@ -292,7 +292,6 @@ class NotificationPlugin final : public sdk::Plugin {
   // Mails under tmp/ that Sync moves into new/: their names in new/ (under tmp/ with TmpSuffix()).
   std::vector<std::string> unsynced_;
   bool recheck_new_ = false;  // Sync fsyncs new/ even when it has no mail to move
-
 };
 
 int NotificationPlugin::Init(const sdk::InitInfo& info) {

@@ -70,7 +70,7 @@ class HandlerRunTest : public ::testing::Test {
 };
 
 TEST_F(HandlerRunTest, ReadsSeeOwnWritesThenPendingThenCommitted) {
-  pending_.Add(/*bundle=*/1, /*version=*/100, {{"b", "B1", false}, {"c", "", true}, {"new", "N", false}});
+  pending_.Add(/*version=*/100, {{"b", "B1", false}, {"c", "", true}, {"new", "N", false}});
   HandlerRun run(host_, input_, &snapshot_, &pending_);
   sluice_bytes v{};
   ASSERT_EQ(run.KvGet(B("a"), &v), 0);
@@ -104,18 +104,18 @@ TEST_F(HandlerRunTest, ReadsSeeOwnWritesThenPendingThenCommitted) {
 }
 
 TEST_F(HandlerRunTest, PendingEntriesBelongToTheLastBundleThatWroteThem) {
-  pending_.Add(1, 100, {{"k", "one", false}, {"only1", "x", false}});
-  pending_.Add(2, 200, {{"k", "two", false}});
+  pending_.Add(100, {{"k", "one", false}, {"only1", "x", false}});
+  pending_.Add(200, {{"k", "two", false}});
   ASSERT_NE(pending_.Find("k"), nullptr);
   EXPECT_EQ(pending_.Find("k")->version, 200u);
-  pending_.Remove(1);  // bundle 1 answered: "k" stays, bundle 2 owns it
+  pending_.Remove(100);  // bundle 100 answered: "k" stays, bundle 200 owns it
   ASSERT_NE(pending_.Find("k"), nullptr);
   EXPECT_EQ(pending_.Find("k")->value, "two");
   EXPECT_EQ(pending_.Find("only1"), nullptr);
-  pending_.Remove(2);
+  pending_.Remove(200);
   EXPECT_EQ(pending_.Find("k"), nullptr);
   EXPECT_EQ(pending_.size(), 0u);
-  pending_.Remove(3);  // unknown: nothing
+  pending_.Remove(300);  // unknown: nothing
 }
 
 TEST_F(HandlerRunTest, ScanMergesTheThreeSourcesInKeyOrder) {
@@ -123,7 +123,7 @@ TEST_F(HandlerRunTest, ScanMergesTheThreeSourcesInKeyOrder) {
   snapshot_.data["p/2"] = {2, "two"};
   snapshot_.data["p/4"] = {4, "four"};
   snapshot_.data["q/1"] = {5, "other prefix"};
-  pending_.Add(9, 900, {{"p/2", "", true}, {"p/3", "three", false}});
+  pending_.Add(900, {{"p/2", "", true}, {"p/3", "three", false}});
   HandlerRun run(host_, input_, &snapshot_, &pending_);
   ASSERT_EQ(run.KvPut(B("p/0"), B("zero")), 0);
   ASSERT_EQ(run.KvDelete(B("p/4")), 0);
