@@ -41,13 +41,31 @@ bool ValidName(std::string_view s) {
 struct Topic;
 struct Sub;
 
+// A Request handed to a consumer without being stored (LmdbBackend::DeliverDirect). `done` is the
+// publisher's callback: it runs when the request is settled, or is passed on when it is stored.
+struct DirectRequest {
+  PublishRequest request;
+  PublishCallback done;
+};
+
 // A message waiting to be delivered (first delivery or again).
 struct Pending {
-  uint64_t seq = 0;
+  uint64_t seq = 0;        // 0 for a direct request
   uint32_t count = 1;      // the delivery_count this delivery carries
   uint32_t crashes = 0;    // consumers that crashed holding it (in memory only)
   bool from_dead = false;  // a redriven dead letter: the envelope lives in the dead DB
   std::string key;         // only with ordering = "key"
+  std::shared_ptr<DirectRequest> direct;  // set for a direct request: its envelope lives here
+};
+
+// A direct request that went back to its subscription unsettled and is being stored: when Fill() reads
+// it from the log it carries on from where it was, delivered again not before `not_before_us` with the
+// count and crashes it had, or dead-lettered with `dead_reason`.
+struct Adoption {
+  Pending msg;
+  int64_t not_before_us = 0;
+  std::string dead_reason;
+  std::string error;
 };
 
 struct InFlight {
@@ -123,6 +141,7 @@ struct Sub {
   size_t held_total = 0;
   std::unordered_map<std::string, ParkInfo> parked;
   std::unordered_map<uint64_t, uint32_t> counts;          // stored delivery counts, until read ahead
+  std::map<Uuid, Adoption> adopt;                         // by message id, until Fill() reads it
 
   std::vector<uint64_t> consumers;
   size_t rr = 0;
@@ -199,6 +218,9 @@ class LmdbBackend final : public Backend {
 
   void Pump(Sub* sub);
   void Fill(Sub* sub);
+  // Fill() found `seq` (stored value `stored`): true if it is a stored direct request, which is now
+  // queued for retry or dead-lettered as its Adoption says.
+  bool Adopt(Sub* sub, uint64_t seq, const MDB_val& stored);
   bool TakeNext(Sub* sub, int64_t now_us, Pending* out);
   bool DeliverTo(Consumer* c, Pending p, int64_t now_us);
   Consumer* NextConsumer(Sub* sub);
@@ -207,7 +229,14 @@ class LmdbBackend final : public Backend {
   void PromoteHeld(Sub* sub, const std::string& key);
   void HoldOrPark(Sub* sub, Pending p);
   void Requeue(InFlight lease, int64_t not_before_us, std::string_view error, bool crashed);
+  // Delivers `p` again, not before `not_before_us`.
+  void Retry(Sub* sub, Pending p, int64_t not_before_us);
   void DeadLetterMsg(Sub* sub, const Pending& p, std::string reason, std::string error);
+  // Hands `request` to a consumer at once if its topic allows it (see the definition); false if not,
+  // and then neither argument was touched.
+  bool DeliverDirect(PublishRequest& request, PublishCallback& done);
+  // Stores an unsettled direct request; `how` says what happens once Fill() reads it back.
+  void StoreDirect(Sub* sub, Adoption how);
   void RescanKey(Sub* sub, const std::string& key, uint64_t from_seq);
   void ApplySkipPolicy(Sub* sub);
   void FlushAcks(Sub* sub);
@@ -554,12 +583,66 @@ void LmdbBackend::Publish(PublishRequest request, PublishCallback done) {
     });
     return;
   }
+  if (request.reply_token != 0 && DeliverDirect(request, done)) return;
   WriteOp& op = outbox_.emplace_back();
   op.kind = OpKind::kPublish;
   op.now_us = request.publish_time_us != 0 ? request.publish_time_us : clock_.NowUs();
   if (request.publish_time_us == 0) request.publish_time_us = op.now_us;
   op.publish = std::move(request);
   op.publish_done = std::move(done);
+  ScheduleWork();
+}
+
+// A Request that a consumer can take at once is handed over without being stored first. Its
+// requester's confirmation is the Reply, which leaves only once the handler's bundle has committed (the
+// effects are durable); storing the request before delivering it would put a second synced commit on
+// every reply's path, and a store + delete of every request on the disk. If the daemon dies before the
+// handler's commit, the requester loses its connection without a Reply and retries, as it would have
+// to after any lost reply (the pipeline's PlaceOrder has an idempotency key for that).
+//
+// Only when the topic is nothing but a queue of requests: exactly one subscription, ordering "none",
+// nothing of it waiting to be delivered (so a direct request never overtakes a stored one), no
+// retention, and no publisher-chosen id (dedupe needs the stored index). A second subscription or a
+// retention setting (audit, replay) makes every request stored, as any message is. A direct request
+// that its consumer does not settle (nack, lease expiry, detach, crash, shutdown) is stored then
+// (StoreDirect) and carries on like any stored message.
+bool LmdbBackend::DeliverDirect(PublishRequest& request, PublishCallback& done) {
+  if (request.dedupe) return false;
+  auto t = topics_by_name_.find(request.topic);
+  if (t == topics_by_name_.end()) return false;
+  Topic* topic = t->second;
+  if (topic->subs.size() != 1 || topic->config.retention_max_age.count() > 0 ||
+      topic->config.retention_max_bytes > 0) {
+    return false;
+  }
+  Sub* sub = topic->subs.front();
+  if (sub->key_ordered() || sub->scan_seq <= topic->rec.last_seq || !sub->window.empty() ||
+      !sub->front.empty() || !sub->retry.empty()) {
+    return false;
+  }
+  Consumer* c = NextConsumer(sub);
+  if (c == nullptr) return false;
+  Pending p;
+  p.direct = std::make_shared<DirectRequest>(DirectRequest{std::move(request), std::move(done)});
+  return DeliverTo(c, std::move(p), clock_.NowUs());
+}
+
+void LmdbBackend::StoreDirect(Sub* sub, Adoption how) {
+  std::shared_ptr<DirectRequest> direct = std::move(how.msg.direct);
+  const Uuid id = direct->request.id;
+  WriteOp& op = outbox_.emplace_back();
+  op.kind = OpKind::kPublish;
+  op.now_us = clock_.NowUs();
+  op.publish = std::move(direct->request);
+  op.publish_done = [this, sub_id = sub->id, id, done = std::move(direct->done)](Result<PublishResult> r) {
+    if (!r.ok()) {
+      // Not stored: the requester gets the error (the service answers its Request with it).
+      auto s = subs_.find(sub_id);
+      if (s != subs_.end()) s->second->adopt.erase(id);
+    }
+    if (done) done(std::move(r));
+  };
+  sub->adopt[id] = std::move(how);
   ScheduleWork();
 }
 
@@ -639,16 +722,27 @@ void LmdbBackend::LinkLease(InFlight* f) {
 void LmdbBackend::SettleAck(InFlight f) {
   Sub* s = f.sub;
   ++s->acked;
-  if (f.msg.from_dead) {
+  if (f.msg.direct) {
+    // Never stored, so nothing to record; the publisher's callback runs later, never inside a call
+    // that settles it.
+    ++s->topic->published;
+    std::shared_ptr<DirectRequest> direct = std::move(f.msg.direct);
+    Complete([direct] {
+      PublishResult r;
+      r.id = direct->request.id;
+      if (direct->done) direct->done(r);
+    });
+  } else if (f.msg.from_dead) {
     s->dead_acked.push_back(f.msg.seq);
+    s->ack_dirty = true;
   } else {
     if (s->acks.Ack(f.msg.seq)) s->new_acks.push_back(f.msg.seq);
     if (f.msg.count > 1 || s->counts.count(f.msg.seq)) {
       s->counts.erase(f.msg.seq);
       s->forget_counts.push_back(f.msg.seq);
     }
+    s->ack_dirty = true;
   }
-  s->ack_dirty = true;
   ReleaseKey(s, f.msg.key, f.msg.seq);
   if (!s->dirty) {
     s->dirty = true;
@@ -686,8 +780,9 @@ void LmdbBackend::CommitBundle(BundleRequest request, BundleCallback done) {
   op.kind = OpKind::kBundle;
   op.now_us = clock_.NowUs();
   op.sub_id = f.sub->id;
-  // A redriven dead letter is settled by deleting its dead-letter entry after the commit.
-  op.seq = f.msg.from_dead ? 0 : f.msg.seq;
+  // A redriven dead letter is settled by deleting its dead-letter entry after the commit; a direct
+  // request was never stored.
+  op.seq = f.msg.from_dead || f.msg.direct ? 0 : f.msg.seq;
   for (auto& p : request.publishes) {
     if (p.publish_time_us == 0) p.publish_time_us = op.now_us;
   }
@@ -782,8 +877,7 @@ Status LmdbBackend::Nack(uint64_t consumer_id, uint64_t delivery_id, const NackO
     int64_t delay = options.delay_us >= 0 ? options.delay_us : BackoffUs(s, f.msg.count);
     Pending p = std::move(f.msg);
     ++p.count;
-    uint64_t seq = p.seq;
-    s->retry.emplace(std::make_pair(now + delay, seq), std::move(p));
+    Retry(s, std::move(p), now + delay);
   }
   if (!s->dirty) {
     s->dirty = true;
@@ -807,13 +901,21 @@ void LmdbBackend::Requeue(InFlight lease, int64_t not_before_us, std::string_vie
   } else {
     Pending p = std::move(lease.msg);
     ++p.count;
-    uint64_t seq = p.seq;
-    s->retry.emplace(std::make_pair(not_before_us, seq), std::move(p));
+    Retry(s, std::move(p), not_before_us);
   }
   if (!s->dirty) {
     s->dirty = true;
     dirty_.insert(s);
   }
+}
+
+void LmdbBackend::Retry(Sub* sub, Pending p, int64_t not_before_us) {
+  if (p.direct) {
+    StoreDirect(sub, Adoption{std::move(p), not_before_us, {}, {}});
+    return;
+  }
+  uint64_t seq = p.seq;
+  sub->retry.emplace(std::make_pair(not_before_us, seq), std::move(p));
 }
 
 void LmdbBackend::Detach(uint64_t consumer_id, bool crashed) {
@@ -866,6 +968,11 @@ void LmdbBackend::RunTimers() {
 // ---- Delivery --------------------------------------------------------------------------------------
 
 void LmdbBackend::DeadLetterMsg(Sub* sub, const Pending& p, std::string reason, std::string error) {
+  if (p.direct) {
+    // A dead letter is a stored message: store it first, and Fill() dead-letters it when it reads it.
+    StoreDirect(sub, Adoption{p, 0, std::move(reason), std::move(error)});
+    return;
+  }
   WriteOp& op = outbox_.emplace_back();
   op.kind = OpKind::kDeadLetter;
   op.now_us = clock_.NowUs();
@@ -954,7 +1061,7 @@ void LmdbBackend::Fill(Sub* sub) {
       break;
     }
     sub->scan_seq = seq + 1;
-    if (!sub->acks.IsAcked(seq)) {
+    if (!sub->acks.IsAcked(seq) && !Adopt(sub, seq, v)) {
       Pending& p = sub->window.emplace_back();
       p.seq = seq;
       auto c = sub->counts.find(seq);
@@ -970,6 +1077,23 @@ void LmdbBackend::Fill(Sub* sub) {
   }
   mdb_cursor_close(cur);
   if (reached_end) sub->scan_seq = std::max(sub->scan_seq, t->rec.last_seq + 1);
+}
+
+bool LmdbBackend::Adopt(Sub* sub, uint64_t seq, const MDB_val& stored) {
+  if (sub->adopt.empty()) return false;
+  MessageHeader h;
+  if (!h.Decode(static_cast<const char*>(stored.mv_data), stored.mv_size)) return false;
+  auto it = sub->adopt.find(h.id);
+  if (it == sub->adopt.end()) return false;
+  Adoption how = std::move(it->second);
+  sub->adopt.erase(it);
+  how.msg.seq = seq;
+  if (!how.dead_reason.empty()) {
+    DeadLetterMsg(sub, how.msg, std::move(how.dead_reason), std::move(how.error));
+  } else {
+    sub->retry.emplace(std::make_pair(how.not_before_us, seq), std::move(how.msg));
+  }
+  return true;
 }
 
 bool LmdbBackend::TakeNext(Sub* sub, int64_t now_us, Pending* out) {
@@ -991,7 +1115,11 @@ bool LmdbBackend::TakeNext(Sub* sub, int64_t now_us, Pending* out) {
       sub->front.pop_front();
     } else {
       if (sub->window.empty()) Fill(sub);
-      if (sub->window.empty()) return false;
+      if (sub->window.empty()) {
+        // Fill() may have adopted a stored direct request into `retry`, due now.
+        if (!sub->retry.empty() && sub->retry.begin()->first.first <= now_us) continue;
+        return false;
+      }
       p = std::move(sub->window.front());
       sub->window.pop_front();
       from_window = true;
@@ -1032,14 +1160,16 @@ Consumer* LmdbBackend::NextConsumer(Sub* sub) {
 
 bool LmdbBackend::DeliverTo(Consumer* c, Pending p, int64_t now_us) {
   Sub* sub = c->sub;
-  if (!read_->Begin().ok()) {
-    sub->front.push_front(std::move(p));
-    return false;
-  }
   std::string_view envelope;
   uint64_t reply_token = 0;
   MDB_val v;
-  if (p.from_dead) {
+  if (p.direct) {
+    envelope = p.direct->request.envelope;  // the DirectRequest moves with p, its bytes stay put
+    reply_token = p.direct->request.reply_token;
+  } else if (!read_->Begin().ok()) {
+    sub->front.push_front(std::move(p));
+    return false;
+  } else if (p.from_dead) {
     SeqKey key(sub->id, p.seq);
     MDB_val k = MdbVal(key.bytes, sizeof key.bytes);
     DeadHeader h;
@@ -1077,7 +1207,7 @@ bool LmdbBackend::DeliverTo(Consumer* c, Pending p, int64_t now_us) {
   ++sub->delivered;
   if (p.count > 1) {
     ++sub->redelivered;
-    if (!p.from_dead) {
+    if (!p.from_dead && !p.direct) {
       // Persisted only on redelivery: a first delivery costs no write.
       WriteOp& op = outbox_.emplace_back();
       op.kind = OpKind::kSetCount;
@@ -1485,6 +1615,16 @@ void LmdbBackend::Close(std::function<void()> done) {
   }
   closing_ = true;
   close_done_ = std::move(done);
+  // Direct requests still out are stored, to be delivered after the restart (their requesters are gone
+  // by then; a requester retries).
+  std::vector<uint64_t> direct;
+  for (const auto& [id, f] : leases_) {
+    if (f.msg.direct && !f.committing) direct.push_back(id);
+  }
+  for (uint64_t id : direct) {
+    InFlight f = TakeLease(leases_.find(id));
+    StoreDirect(f.sub, Adoption{std::move(f.msg), 0, {}, {}});
+  }
   for (auto& [id, s] : subs_) FlushAcks(s.get());
   writer_->Enqueue(&outbox_);
   writer_->RequestStop();

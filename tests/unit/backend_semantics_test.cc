@@ -51,6 +51,7 @@ struct Got {
   uint32_t count = 0;
   std::string key;
   std::string payload;
+  uint64_t reply_token = 0;
 };
 
 class Sink final : public ConsumerSink {
@@ -58,7 +59,7 @@ class Sink final : public ConsumerSink {
   void Deliver(const Delivery& d) override {
     std::string copy(d.envelope);  // heap storage: aligned for the FlatBuffer reader
     auto env = ReadEnvelope(copy);
-    Got g{d.consumer_id, d.delivery_id, d.seq, d.delivery_count, "", ""};
+    Got g{d.consumer_id, d.delivery_id, d.seq, d.delivery_count, "", "", d.reply_token};
     if (env.ok()) {
       if ((*env)->key()) g.key = (*env)->key()->str();
       if ((*env)->payload()) g.payload.assign(reinterpret_cast<const char*>((*env)->payload()->data()), (*env)->payload()->size());
@@ -178,6 +179,15 @@ class BackendSemanticsTest : public ::testing::TestWithParam<BackendFactory> {
     }
     EXPECT_TRUE(RunUntil([&] { return done == keys.size(); }));
     return seqs;
+  }
+
+  // Publishes a Request (a message with a reply token) without waiting: its callback may run only
+  // once a consumer settles it.
+  void PublishRequestTo(const std::string& topic, uint64_t reply_token,
+                        std::optional<Result<PublishResult>>* out, std::optional<Uuid> id = std::nullopt) {
+    PublishRequest r = Request(topic, "", "question", id);
+    r.reply_token = reply_token;
+    backend_->Publish(std::move(r), [out](Result<PublishResult> x) { *out = std::move(x); });
   }
 
   std::vector<uint64_t> PublishN(const std::string& topic, size_t n) {
@@ -923,6 +933,222 @@ TEST_P(BackendSemanticsTest, PublishAfterCloseIsUnavailable) {
   ASSERT_TRUE(RunUntil([&] { return closed && r.has_value(); }));
   EXPECT_EQ(r->status().code(), StatusCode::kUnavailable);
   backend_.reset();
+}
+
+// Requests (messages with a reply token) on a topic that is only a queue of requests go to a consumer
+// with credit without being stored; the requester's confirmation is the reply, sent after the consumer
+// settles. lmdb_backend.cc, DeliverDirect.
+TEST_P(BackendSemanticsTest, ARequestAConsumerCanTakeIsDeliveredWithoutBeingStored) {
+  Open();
+  Sink sink;
+  uint64_t id = Subscribe(Sub("rq", "handler"), &sink, 10);
+  std::optional<Result<PublishResult>> published;
+  PublishRequestTo("rq", 7, &published);
+  ASSERT_EQ(sink.got.size(), 1u) << "handed over within the publish";
+  EXPECT_EQ(sink.got[0].seq, 0u) << "not stored, so no seq";
+  EXPECT_EQ(sink.got[0].reply_token, 7u);
+  EXPECT_EQ(sink.got[0].count, 1u);
+  EXPECT_EQ(sink.got[0].payload, "question");
+  Settle();
+  EXPECT_EQ(Topic("rq").messages, 0u);
+  EXPECT_EQ(Topic("rq").last_seq, 0u);
+  EXPECT_FALSE(published.has_value()) << "the publisher hears once the request is settled";
+  EXPECT_EQ(SubInfo("rq", "handler").in_flight, 1u);
+  Ack(id, sink.got[0]);
+  ASSERT_TRUE(RunUntil([&] { return published.has_value(); }));
+  ASSERT_TRUE(published->ok()) << published->status().ToString();
+  EXPECT_EQ((*published)->seq, 0u);
+  SubscriptionInfo info = SubInfo("rq", "handler");
+  EXPECT_EQ(info.in_flight, 0u);
+  EXPECT_EQ(info.acked, 1u);
+  EXPECT_EQ(info.pending, 0u);
+  EXPECT_EQ(Topic("rq").published, 1u);
+
+  // Settled by a bundle: its effects commit, and there is no ack of a stored message to record.
+  PublishRequestTo("rq", 8, &published);
+  ASSERT_EQ(sink.got.size(), 2u);
+  BundleRequest bundle;
+  bundle.consumer_id = id;
+  bundle.delivery_id = sink.got[1].delivery_id;
+  bundle.keyspace = "handler";
+  bundle.version = 1;
+  bundle.writes.push_back(KvMutation{"k", "v", false});
+  PublishRequest effect = Request("events", "", "answered");
+  effect.dedupe = true;
+  bundle.publishes.push_back(std::move(effect));
+  std::optional<Result<BundleResult>> committed;
+  backend_->CommitBundle(std::move(bundle), [&](Result<BundleResult> r) { committed = std::move(r); });
+  ASSERT_TRUE(RunUntil([&] { return committed.has_value(); }));
+  ASSERT_TRUE(committed->ok()) << committed->status().ToString();
+  EXPECT_EQ((*committed)->outcome, BundleOutcome::kCommitted);
+  EXPECT_EQ(Topic("events").messages, 1u);
+  EXPECT_EQ(Topic("rq").messages, 0u);
+  EXPECT_EQ(SubInfo("rq", "handler").in_flight, 0u);
+  Reopen();
+  EXPECT_EQ(Topic("rq").messages, 0u) << "nothing of the requests was stored";
+  EXPECT_EQ(SubInfo("rq", "handler").pending, 0u);
+}
+
+TEST_P(BackendSemanticsTest, AnUnsettledDirectRequestIsStoredAndCarriesOn) {
+  Open();
+  Sink sink;
+  SubscriptionConfig c = Sub("rq", "handler");
+  c.max_deliveries = 10;
+  uint64_t id = Subscribe(c, &sink, 10);
+  std::optional<Result<PublishResult>> published;
+  PublishRequestTo("rq", 7, &published);
+  ASSERT_EQ(sink.got.size(), 1u);
+  ASSERT_EQ(sink.got[0].seq, 0u);
+
+  // A nack stores it; it comes back after the delay with its count, its seq and its reply token.
+  NackOptions later;
+  later.delay_us = 10'000'000;
+  ASSERT_TRUE(backend_->Nack(id, sink.got[0].delivery_id, later).ok());
+  Settle();
+  EXPECT_EQ(Topic("rq").messages, 1u) << "stored on the nack";
+  ASSERT_TRUE(published.has_value());
+  ASSERT_TRUE(published->ok()) << published->status().ToString();
+  EXPECT_EQ((*published)->seq, 1u);
+  clock_.Advance(seconds(9));
+  backend_->RunTimers();
+  Settle();
+  EXPECT_EQ(sink.got.size(), 1u) << "redelivered before its delay";
+  clock_.Advance(seconds(1));
+  backend_->RunTimers();
+  Settle();
+  ASSERT_EQ(sink.got.size(), 2u);
+  EXPECT_EQ(sink.got[1].seq, 1u);
+  EXPECT_EQ(sink.got[1].count, 2u);
+  EXPECT_EQ(sink.got[1].reply_token, 7u);
+  EXPECT_EQ(sink.got[1].payload, "question");
+  Ack(id, sink.got[1]);
+  Settle();
+
+  // Rejected: a dead letter, like any rejected message.
+  published.reset();
+  PublishRequestTo("rq", 9, &published);
+  ASSERT_EQ(sink.got.size(), 3u);
+  ASSERT_EQ(sink.got[2].seq, 0u);
+  NackOptions reject;
+  reject.reject = true;
+  reject.error = "not a request";
+  ASSERT_TRUE(backend_->Nack(id, sink.got[2].delivery_id, reject).ok());
+  Settle();
+  Settle();
+  EXPECT_EQ(sink.got.size(), 3u) << "a rejected request is not delivered again";
+  auto dead = backend_->ListDeadLetters("rq", "handler", 10);
+  ASSERT_TRUE(dead.ok());
+  ASSERT_EQ(dead->size(), 1u);
+  EXPECT_EQ((*dead)[0].reason, "rejected");
+  EXPECT_EQ((*dead)[0].last_error, "not a request");
+
+  // Lease expiry stores it too, and it is delivered again.
+  PublishRequestTo("rq", 10, &published);
+  ASSERT_EQ(sink.got.size(), 4u);
+  ASSERT_EQ(sink.got[3].seq, 0u);
+  clock_.Advance(c.ack_wait + seconds(1));
+  backend_->RunTimers();
+  Settle();
+  Settle();
+  ASSERT_EQ(sink.got.size(), 5u);
+  EXPECT_NE(sink.got[4].seq, 0u);
+  EXPECT_EQ(sink.got[4].count, 2u);
+  EXPECT_EQ(sink.got[4].reply_token, 10u);
+}
+
+TEST_P(BackendSemanticsTest, CrashesHoldingADirectRequestCountTowardsPoison) {
+  Open();
+  SubscriptionConfig c = Sub("rq", "handler");
+  c.max_deliveries = 10;
+  c.max_crashes = 2;
+  Sink first, second, third;
+  uint64_t c1 = Subscribe(c, &first, 1);
+  std::optional<Result<PublishResult>> published;
+  PublishRequestTo("rq", 7, &published);
+  ASSERT_EQ(first.got.size(), 1u);
+  ASSERT_EQ(first.got[0].seq, 0u);
+  uint64_t c2 = Subscribe(c, &second, 1);
+  backend_->Detach(c1, /*crashed=*/true);
+  Settle();
+  Settle();
+  ASSERT_EQ(second.got.size(), 1u) << "one crash: stored and delivered again";
+  EXPECT_EQ(second.got[0].count, 2u);
+  Subscribe(c, &third, 1);
+  backend_->Detach(c2, /*crashed=*/true);
+  Settle();
+  EXPECT_TRUE(third.got.empty()) << "two crashes: poison, the first one included";
+  auto dead = backend_->ListDeadLetters("rq", "handler", 10);
+  ASSERT_TRUE(dead.ok());
+  ASSERT_EQ(dead->size(), 1u);
+  EXPECT_EQ((*dead)[0].reason.rfind("poison", 0), 0u) << (*dead)[0].reason;
+}
+
+TEST_P(BackendSemanticsTest, RequestsAreStoredWhenTheTopicIsMoreThanAQueueOfRequests) {
+  options_.topics.push_back(TopicConfig{});
+  options_.topics.back().name = "kept";
+  options_.topics.back().retention_max_age = std::chrono::hours(1);
+  Open();
+  Sink a, b, kept, later, dedupe;
+  Subscribe(Sub("two", "a"), &a, 10);
+  Subscribe(Sub("two", "b"), &b, 10);
+  Subscribe(Sub("kept", "s"), &kept, 10);
+  Subscribe(Sub("dedupe", "s"), &dedupe, 10);
+  std::optional<Result<PublishResult>> r1, r2, r3, r4;
+  PublishRequestTo("two", 1, &r1);             // a second subscription
+  PublishRequestTo("kept", 2, &r2);            // retention
+  PublishRequestTo("dedupe", 3, &r3, NewUuidV7(1));  // a publisher-chosen id
+  PublishRequestTo("nobody", 4, &r4);          // no consumer (auto-created topic)
+  ASSERT_TRUE(RunUntil([&] { return r1 && r2 && r3 && r4; }));
+  for (auto* r : {&r1, &r2, &r3, &r4}) {
+    ASSERT_TRUE((*r)->ok()) << (*r)->status().ToString();
+    EXPECT_EQ((**r)->seq, 1u) << "stored";
+  }
+  Settle();
+  for (Sink* s : {&a, &b, &kept, &dedupe}) {
+    ASSERT_EQ(s->got.size(), 1u);
+    EXPECT_EQ(s->got[0].seq, 1u);
+  }
+  EXPECT_EQ(a.got[0].reply_token, 1u);
+  uint64_t id = Subscribe(Sub("nobody", "s"), &later, 10);
+  Settle();
+  ASSERT_EQ(later.got.size(), 1u);
+  EXPECT_EQ(later.got[0].seq, 1u);
+  EXPECT_EQ(later.got[0].reply_token, 4u);
+
+  // One already stored and waiting: a new request queues behind it instead of overtaking it.
+  Sink none;
+  SubscriptionConfig busy = Sub("busy", "s");
+  uint64_t slow = Subscribe(busy, &none, 0);
+  std::optional<Result<PublishResult>> first, second;
+  PublishRequestTo("busy", 5, &first);
+  ASSERT_TRUE(RunUntil([&] { return first.has_value(); }));
+  EXPECT_EQ((*first)->seq, 1u) << "no credit: stored";
+  backend_->AddCredit(slow, 1);
+  PublishRequestTo("busy", 6, &second);
+  Settle();
+  ASSERT_EQ(none.got.size(), 1u);
+  EXPECT_EQ(none.got[0].reply_token, 5u) << "the stored one first";
+  (void)id;
+}
+
+TEST_P(BackendSemanticsTest, CloseStoresTheDirectRequestsStillOut) {
+  Open();
+  Sink sink;
+  Subscribe(Sub("rq", "handler"), &sink, 10);
+  std::optional<Result<PublishResult>> published;
+  PublishRequestTo("rq", 7, &published);
+  ASSERT_EQ(sink.got.size(), 1u);
+  ASSERT_EQ(sink.got[0].seq, 0u);
+  Reopen();
+  ASSERT_TRUE(published.has_value()) << "answered by the close";
+  ASSERT_TRUE(published->ok()) << published->status().ToString();
+  Sink after;
+  Subscribe(Sub("rq", "handler"), &after, 10);
+  Settle();
+  ASSERT_EQ(after.got.size(), 1u) << "stored at the close, delivered after the restart";
+  EXPECT_EQ(after.got[0].seq, 1u);
+  EXPECT_EQ(after.got[0].reply_token, 7u);
+  EXPECT_EQ(after.got[0].payload, "question");
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BackendSemanticsTest, ::testing::ValuesIn(kFactories),
