@@ -24,7 +24,8 @@ struct Uuid {
 
 Uuid NewUuidV7(int64_t now_unix_ms);
 Uuid NewUuidV7();
-// A UUIDv8 (name-based, stable) from a parent id and a label: same inputs, same id.
+// A UUIDv8 (name-based, stable) from a parent id and a label: same inputs, same id. It keeps the
+// parent's 48-bit timestamp, so ids derived from UUIDv7s sort by time too.
 Uuid DeriveUuid(const Uuid& parent, std::string_view label);
 
 // "0192f1e4-8c3a-7b2e-9f00-1a2b3c4d5e6f"

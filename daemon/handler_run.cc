@@ -242,7 +242,9 @@ int HandlerRun::Publish(const sluice_out_message* message) {
     for (const std::string& t : *host_.publishes) declared = declared || t == topic;
   }
   if (!declared) return -EPERM;
-  Uuid id = DeriveUuid(input_.id, fmt::format("publish/{}", publishes_.size()));
+  // The plugin's name is in the label: two plugins that handle one message and publish to one topic
+  // must not get the same ids, or dedupe would drop the second as a repeat of the first.
+  Uuid id = DeriveUuid(input_.id, fmt::format("{}/publish/{}", host_.plugin, publishes_.size()));
   client::OutMessage out = ToOut(*message, id);
   out.topic = std::string(topic);
   publishes_.push_back(std::move(out));

@@ -13,8 +13,8 @@
 // version of every key they return, but not the absence of keys: a key another instance inserts into a
 // scanned range does not make the bundle conflict.
 //
-// Publish ids are DeriveUuid(input id, "publish/<n>") for the n-th publish (from 0), so a re-run after a
-// conflict or a crash publishes the same ids and the broker's dedupe drops repeats. The causation id is
+// Publish ids are DeriveUuid(input id, "<plugin>/publish/<n>") for the n-th publish (from 0), so a re-run
+// after a conflict or a crash publishes the same ids and the broker's dedupe drops repeats. The causation id is
 // the input's id; the correlation id is the plugin's or, when empty, the input's.
 //
 // Failure modes: a call with bad arguments returns a negative errno to the plugin (-EINVAL, -E2BIG,

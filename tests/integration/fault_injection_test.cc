@@ -105,7 +105,7 @@ TEST_P(FaultInjectionTest, AfterRestartEachInputHasExactlyOneEffectAndOneOutput)
       m.payload = "m" + std::to_string(i);
       auto ack = (*c)->Publish(m);
       ASSERT_TRUE(ack.ok()) << ack.status().ToString();
-      output_of[DeriveUuid(ack->id, "publish/0")] = ack->id;
+      output_of[DeriveUuid(ack->id, "ok/publish/0")] = ack->id;
     }
   }
   ASSERT_EQ(d.Stop(), 0) << d.Log();

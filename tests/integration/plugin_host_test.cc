@@ -119,7 +119,7 @@ TEST(PluginHostTest, AWellBehavedPluginCommitsEachEffectOnce) {
     std::string payload(m->payload());
     ASSERT_TRUE(inputs.count(payload)) << payload;
     Uuid input = inputs[payload];
-    EXPECT_EQ(m->id(), DeriveUuid(input, "publish/0"));
+    EXPECT_EQ(m->id(), DeriveUuid(input, "ok/publish/0"));
     EXPECT_EQ(m->causation_id(), FormatUuid(input));
     EXPECT_EQ(m->correlation_id(), "corr-" + payload);
     EXPECT_EQ(m->type(), "mock.Out");

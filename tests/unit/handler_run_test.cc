@@ -181,14 +181,28 @@ TEST_F(HandlerRunTest, PublishDerivesIdsAndFillsTheEnvelope) {
   EXPECT_EQ(p0.causation_id, input_.id_text);
   EXPECT_THAT(p0.headers, ElementsAre(std::make_pair(std::string("trace"), std::string("t1"))));
   EXPECT_EQ(p0.payload, "payload");
-  EXPECT_EQ(p0.id, DeriveUuid(input_.id, "publish/0"));
+  EXPECT_EQ(p0.id, DeriveUuid(input_.id, "p/publish/0"));
   EXPECT_EQ(b.publishes[1].correlation_id, "mine");
-  EXPECT_EQ(b.publishes[1].id, DeriveUuid(input_.id, "publish/1"));
+  EXPECT_EQ(b.publishes[1].id, DeriveUuid(input_.id, "p/publish/1"));
   // The same run again (a conflict or a crash) publishes the same ids.
   HandlerRun again(host_, input_, &snapshot_, &pending_);
   m.topic = "out";
   ASSERT_EQ(again.Publish(&m), 0);
   EXPECT_EQ(again.TakeBundle().publishes[0].id, p0.id);
+}
+
+TEST_F(HandlerRunTest, TwoPluginsHandlingOneMessagePublishDifferentIds) {
+  sluice_out_message m{};
+  m.topic = "out";
+  m.payload = B("x");
+  HandlerRun first(host_, input_, &snapshot_, &pending_);
+  ASSERT_EQ(first.Publish(&m), 0);
+  RunHost other = host_;
+  other.plugin = "q";
+  HandlerRun second(other, input_, &snapshot_, &pending_);
+  ASSERT_EQ(second.Publish(&m), 0);
+  // Same input, same topic, same position: were the ids equal, dedupe would drop q's message.
+  EXPECT_NE(first.TakeBundle().publishes[0].id, second.TakeBundle().publishes[0].id);
 }
 
 TEST_F(HandlerRunTest, ReplyOnlyOnceAndOnlyForRequests) {

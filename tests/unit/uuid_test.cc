@@ -111,8 +111,26 @@ TEST(Uuid, DeriveIsStableAndVersion8) {
   EXPECT_NE(a, parent);
   // Stable across builds and releases too: ids derived by an older sluiced must match after an upgrade
   // for dedupe to drop a re-run's repeat. Changing these values is a storage format change.
-  EXPECT_EQ(FormatUuid(a), "f3c3e035-b5f9-86c5-b3ab-113c88746244");
-  EXPECT_EQ(FormatUuid(DeriveUuid(Uuid{}, "")), "13f652dd-853c-8f6c-9883-f9186206a115");
+  EXPECT_EQ(FormatUuid(a), "0192f1e4-8c3a-86c5-b3ab-113c88746244");
+  EXPECT_EQ(FormatUuid(DeriveUuid(Uuid{}, "")), "00000000-0000-8f6c-9883-f9186206a115");
+}
+
+TEST(Uuid, DeriveKeepsTheParentsTimestampSoDerivedIdsSortByTime) {
+  // The dedupe index is keyed by id: ids that sort by time are appended to it, not spread over it.
+  Uuid parent = NewUuidV7(kT0);
+  Uuid derived = DeriveUuid(parent, "order/publish/0");
+  EXPECT_EQ(derived.hi >> 16, parent.hi >> 16);
+  EXPECT_EQ(DeriveUuid(derived, "inventory/publish/0").hi >> 16, parent.hi >> 16) << "down a chain too";
+  Uuid previous;
+  for (int64_t t = kT0; t < kT0 + 100; ++t) {
+    Uuid d = DeriveUuid(NewUuidV7(t), "reply");
+    EXPECT_LT(previous, d);
+    previous = d;
+  }
+  // Parents of one millisecond still get distinct ids: the other bits depend on the whole parent.
+  std::set<Uuid> seen;
+  for (int i = 0; i < 10000; ++i) EXPECT_TRUE(seen.insert(DeriveUuid(NewUuidV7(kT0), "x")).second);
+  EXPECT_NE(DeriveUuid(Uuid{parent.hi, 1}, ""), DeriveUuid(Uuid{parent.hi ^ 1, 0}, ""));
 }
 
 TEST(Uuid, DeriveDistinctLabels) {
