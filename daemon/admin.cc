@@ -5,6 +5,7 @@
 #include <pwd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -144,8 +145,15 @@ AdminResult CmdDlqRedrive(AdminHost& host, const json& args) {
       seqs.push_back(v.get<uint64_t>());
     }
   }
+  std::sort(seqs.begin(), seqs.end());
+  seqs.erase(std::unique(seqs.begin(), seqs.end()), seqs.end());
   auto n = host.backend().Redrive(topic, sub, seqs);
   if (!n.ok()) return Failed(n.status());
+  if (*n < seqs.size()) {
+    // Like rm with a missing file: the others are done, and the command still fails.
+    return Failed(NotFound(fmt::format("{} of the {} seqs given are not dead letters of {}/{} ({} redriven)",
+                                       seqs.size() - *n, seqs.size(), topic, sub, *n)));
+  }
   return Ok({{"redriven", *n}});
 }
 

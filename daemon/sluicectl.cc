@@ -300,6 +300,10 @@ int Bench(const Globals& g, const std::vector<std::string>& extra) {
 int main(int argc, char** argv) {
   Globals g;
   CLI::App app{"sluicectl: administer a running sluiced over its admin socket (see sluicectl(1))", "sluicectl"};
+  // Usage errors name the program like every other error it prints.
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return fmt::format("sluicectl: {}\nRun 'sluicectl --help' for the commands and options.\n", e.what());
+  });
   app.require_subcommand(1);
   // Global options may also follow the command: `sluicectl status --json`.
   app.fallthrough();

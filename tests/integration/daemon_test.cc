@@ -90,6 +90,42 @@ TEST(DaemonTest, PublishSubscribeAckRoundTrip) {
   EXPECT_EQ(WEXITSTATUS(d.Stop()), 0);
 }
 
+TEST(DaemonTest, DlqRedriveReportsSeqsThatAreNotDeadLetters) {
+  DaemonProcess d;
+  ASSERT_TRUE(d.Start());
+  auto c = d.Connect("consumer");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  client::SubscribeOptions so;
+  so.topic = "jobs";
+  so.subscription = "worker";
+  so.start = wire::StartKind::Earliest;
+  auto consumer = (*c)->Subscribe(so);
+  ASSERT_TRUE(consumer.ok()) << consumer.status().ToString();
+  ASSERT_TRUE((*c)->Publish(Msg("jobs", "bad")).ok());
+  auto delivery = (*c)->Receive(5s);
+  ASSERT_TRUE(delivery.ok()) << delivery.status().ToString();
+  ASSERT_TRUE((*c)->Nack(*consumer, delivery->delivery_id, 0, /*reject=*/true, "cannot parse").ok());
+  ASSERT_TRUE((*c)->Flush().ok());
+  for (int i = 0; i < 100 && CtlJson(d, {"dlq", "list", "jobs", "worker"}).value("dead_letters", nlohmann::json::array()).empty();
+       ++i) {
+    std::this_thread::sleep_for(20ms);
+  }
+
+  CommandResult missing = d.Ctl({"dlq", "redrive", "jobs", "worker", "--seq", "1", "--seq", "7"});
+  EXPECT_EQ(missing.exit_code, 1) << missing.out << missing.err;
+  EXPECT_NE(missing.err.find("1 of the 2 seqs given are not dead letters of jobs/worker (1 redriven)"),
+            std::string::npos)
+      << missing.err;
+  auto again = (*c)->Receive(5s);
+  ASSERT_TRUE(again.ok()) << "seq 1 was redriven all the same: " << again.status().ToString();
+  EXPECT_EQ(again->seq(), 1u);
+  CommandResult none = d.Ctl({"dlq", "redrive", "jobs", "worker", "--seq", "1"});
+  EXPECT_EQ(none.exit_code, 1) << "not a dead letter any more";
+  CommandResult all = d.Ctl({"dlq", "redrive", "jobs", "worker"});
+  EXPECT_EQ(all.exit_code, 0) << "redriving all of an empty queue is not an error: " << all.err;
+  EXPECT_EQ(WEXITSTATUS(d.Stop()), 0);
+}
+
 TEST(DaemonTest, GarbageFrameClosesOnlyItsConnection) {
   DaemonProcess d;
   ASSERT_TRUE(d.Start());
@@ -246,6 +282,13 @@ TEST(DaemonTest, SluicectlWithoutDaemonExitsThree) {
   auto r = RunCommand({SluicectlPath(), "--socket", (dir.path() / "none.sock").string(), "status"});
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_THAT(r.err, HasSubstr("is sluiced running?"));
+}
+
+TEST(DaemonTest, SluicectlUsageErrorsExitTwoAndNameTheProgram) {
+  auto r = RunCommand({SluicectlPath(), "dlq", "redrive", "only-a-topic"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(r.err.rfind("sluicectl: ", 0), 0u) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("sluicectl --help"));
 }
 
 TEST(DaemonTest, BadConfigDoesNotStart) {
