@@ -247,9 +247,12 @@ void BrokerService::PublishEnvelope(const wire::Envelope& env, uint64_t reply_to
     req.id = NewUuidV7(req.publish_time_us / 1000);
   }
   BuildStoredEnvelope(env, req.id, req.publish_time_us, source, &req.envelope);
-  ++in_flight_publishes_;
-  backend_->Publish(std::move(req), [this, done = std::move(done)](Result<PublishResult> r) {
-    --in_flight_publishes_;
+  // The shutdown drain waits for publishes. Not for Requests: one handed straight to a consumer is
+  // answered when that consumer settles it, and one that is not is stored by the backend's Close.
+  const bool counted = reply_token == 0;
+  if (counted) ++in_flight_publishes_;
+  backend_->Publish(std::move(req), [this, counted, done = std::move(done)](Result<PublishResult> r) {
+    if (counted) --in_flight_publishes_;
     done(std::move(r));
   });
 }
@@ -369,10 +372,9 @@ void BrokerService::OnRequest(net::Connection& conn, Session& s, const wire::Req
   uint64_t request_id = request.request_id();
   PublishEnvelope(*request.envelope(), token, SourceName(s),
                   [this, conn_id, request_id, token](Result<PublishResult> r) {
-                    if (!r.ok()) {
-                      requests_.erase(token);
-                      SendErrorTo(conn_id, request_id, r.status());
-                    }
+                    // A request that was answered (or timed out) already gets nothing more: it can
+                    // fail to be stored after its consumer replied and rejected it.
+                    if (!r.ok() && requests_.erase(token) > 0) SendErrorTo(conn_id, request_id, r.status());
                   });
 }
 

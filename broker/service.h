@@ -80,7 +80,7 @@ class BrokerService : public net::FrameHandler {
   // From a Publish frame's arrival to its PublishAck being queued: the broker's share of a publish.
   const Histogram& publish_ack_seconds() const { return publish_ack_seconds_; }
   size_t connection_count() const { return conns_.size(); }
-  // Publishes whose PublishAck has not been sent yet (graceful shutdown waits for zero).
+  // Publishes (not Requests) whose PublishAck has not been sent yet (graceful shutdown waits for zero).
   size_t in_flight_publishes() const { return in_flight_publishes_; }
 
   void OnFrame(net::Connection& conn, const wire::Frame& frame) override;

@@ -36,6 +36,11 @@
 namespace sluice {
 namespace {
 
+// How the log names a delivery: by its seq, or by its id for a request that was not stored (seq 0).
+std::string Label(const client::Delivery& d) {
+  return d.seq() != 0 ? fmt::format("message seq {}", d.seq()) : fmt::format("request {}", FormatUuid(d.id()));
+}
+
 using namespace std::chrono_literals;
 using nlohmann::json;
 
@@ -108,7 +113,9 @@ class Watchdog {
       std::string what;
       switch (phase_.load(std::memory_order_relaxed)) {
         case Phase::kInit: what = "init()"; break;
-        case Phase::kHandle: what = fmt::format("handle() of message seq {}", n); break;
+        case Phase::kHandle:
+          what = n != 0 ? fmt::format("handle() of message seq {}", n) : std::string("handle() of a request");
+          break;
         case Phase::kSync: what = fmt::format("sync() of {} messages", n); break;
       }
       log::Error("{} ran longer than handler_timeout ({}); killing this worker, the messages it holds will be "
@@ -458,7 +465,7 @@ void Worker::RunOne(Held held) {
 
   Status begin = reader_->Begin();
   if (!begin.ok()) {
-    log::Warning("message seq {}: cannot read the keyspace, retrying later: {}", m.seq, begin.message());
+    log::Warning("{}: cannot read the keyspace, retrying later: {}", Label(d), begin.message());
     ++counts_.retried;
     (void)conn_->Nack(d.consumer_id, d.delivery_id, 0, false, "the worker cannot read the plugin keyspace");
     Finished(held);
@@ -491,13 +498,13 @@ void Worker::RunOne(Held held) {
     outcome = static_cast<sluice_outcome>(raw_outcome);
   }
   if (!run.failure().ok()) {
-    log::Warning("message seq {}: {}; retrying it", m.seq, run.failure().message());
+    log::Warning("{}: {}; retrying it", Label(d), run.failure().message());
     outcome = SLUICE_RETRY;
     reason = run.failure().message();
     r.retry_after_ms = 0;
   } else if (raw_outcome != SLUICE_OK && raw_outcome != SLUICE_RETRY && raw_outcome != SLUICE_REJECT) {
     reason = fmt::format("handle() returned the unknown outcome {}", raw_outcome);
-    log::Warning("message seq {}: {}; retrying it", m.seq, reason);
+    log::Warning("{}: {}; retrying it", Label(d), reason);
     outcome = SLUICE_RETRY;
     r.retry_after_ms = 0;
   }
@@ -530,7 +537,7 @@ void Worker::RunOne(Held held) {
       if (reason.empty()) reason = "rejected by the handler";
       // A rejected event goes to the dead-letter queue: worth a line. A rejected request is a client's
       // mistake, and the client gets the reason in its reply.
-      if (d.reply_token == 0) log::Notice("message seq {} rejected, dead-lettered: {}", m.seq, reason);
+      if (d.reply_token == 0) log::Notice("{} rejected, dead-lettered: {}", Label(d), reason);
       (void)conn_->Nack(d.consumer_id, d.delivery_id, 0, true, reason);
       // The requester learns at once instead of waiting for its timeout.
       if (d.reply_token != 0) (void)conn_->Reply(d.reply_token, client::OutMessage{}, reason);
@@ -548,7 +555,7 @@ void Worker::SendBundle(Held held, const client::BundleMessage& bundle) {
     if (conn_->closed()) return;  // the loop notices and exits
     // Too large for a frame: the effects can never be committed, so the message cannot succeed.
     std::string why = fmt::format("its effects cannot be sent: {}", request.status().message());
-    log::Warning("message seq {}: {}; dead-lettering it", d.seq(), why);
+    log::Warning("{}: {}; dead-lettering it", Label(d), why);
     ++counts_.rejected;
     (void)conn_->Nack(d.consumer_id, d.delivery_id, 0, true, why);
     Finished(held);
@@ -601,7 +608,7 @@ void Worker::OnAnswer(client::BundleAck answer) {
   const client::Delivery& d = sent.held.delivery;
   if (!answer.error.ok()) {
     ++counts_.refused;
-    log::Warning("message seq {}: the broker refused its bundle: {}", d.seq(), answer.error.message());
+    log::Warning("{}: the broker refused its bundle: {}", Label(d), answer.error.message());
     (void)conn_->Nack(d.consumer_id, d.delivery_id, 0, false,
                       fmt::format("bundle refused: {}", answer.error.message()));
     Finished(sent.held);
@@ -615,18 +622,18 @@ void Worker::OnAnswer(client::BundleAck answer) {
       return;
     case wire::BundleStatus::Conflict:
       ++counts_.conflicts;
-      log::Debug("message seq {}: bundle conflicted ({}); running it again", d.seq(), answer.message);
+      log::Debug("{}: bundle conflicted ({}); running it again", Label(d), answer.message);
       reruns_.emplace(sent.held.order, std::move(sent.held));
       return;
     case wire::BundleStatus::LeaseLost:
       ++counts_.lease_lost;
-      log::Info("message seq {}: lease lost before the commit ({}); dropped", d.seq(), answer.message);
+      log::Info("{}: lease lost before the commit ({}); dropped", Label(d), answer.message);
       Finished(sent.held);
       return;
     default:
       // Refused: not allowed as sent; a retry lets max_deliveries dead-letter it if it stays so.
       ++counts_.refused;
-      log::Warning("message seq {}: the broker refused its bundle: {}", d.seq(), answer.message);
+      log::Warning("{}: the broker refused its bundle: {}", Label(d), answer.message);
       (void)conn_->Nack(d.consumer_id, d.delivery_id, 0, false,
                         fmt::format("bundle refused: {}", answer.message));
       Finished(sent.held);
@@ -671,8 +678,8 @@ void Worker::Loop() {
         if (!d.ok()) break;
         Held held{std::move(*d), next_order_++};
         if (!suspects_.empty() && suspects_.count(held.delivery.id()) > 0) {
-          log::Notice("message seq {} was in hand when a worker died; it runs alone once the others are done",
-                      held.delivery.seq());
+          log::Notice("{} was in hand when a worker died; it runs alone once the others are done",
+                      Label(held.delivery));
           quarantine_.push_back(std::move(held));
           continue;
         }

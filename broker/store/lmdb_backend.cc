@@ -60,7 +60,8 @@ struct Pending {
 
 // A direct request that went back to its subscription unsettled and is being stored: when Fill() reads
 // it from the log it carries on from where it was, delivered again not before `not_before_us` with the
-// count and crashes it had, or dead-lettered with `dead_reason`.
+// count and crashes it had. With `dead_reason` it was dead-lettered by the commit that stored it, and
+// Fill() only brings the loop's view up to date.
 struct Adoption {
   Pending msg;
   int64_t not_before_us = 0;
@@ -232,9 +233,9 @@ class LmdbBackend final : public Backend {
   // Delivers `p` again, not before `not_before_us`.
   void Retry(Sub* sub, Pending p, int64_t not_before_us);
   void DeadLetterMsg(Sub* sub, const Pending& p, std::string reason, std::string error);
-  // Hands `request` to a consumer at once if its topic allows it (see the definition); false if not,
-  // and then neither argument was touched.
-  bool DeliverDirect(PublishRequest& request, PublishCallback& done);
+  // Hands a Request to a consumer at once if its topic allows it (see the definition).
+  bool DeliverDirect(const std::shared_ptr<DirectRequest>& direct);
+  void EnqueuePublish(PublishRequest request, PublishCallback done);
   // Stores an unsettled direct request; `how` says what happens once Fill() reads it back.
   void StoreDirect(Sub* sub, Adoption how);
   void RescanKey(Sub* sub, const std::string& key, uint64_t from_seq);
@@ -249,6 +250,9 @@ class LmdbBackend final : public Backend {
   int64_t BackoffUs(const Sub* sub, uint32_t count) const;
   uint64_t PendingCount(const Sub* sub) const;
   void Complete(std::function<void()> fn);
+  // Close(), once no direct request's bundle is committing: stores the direct requests still out,
+  // flushes the acks and asks the writer to commit what is queued and stop.
+  void StopWriter();
   Status DeadEntries(Sub* sub, std::span<const uint64_t> seqs,
                      std::vector<std::pair<uint64_t, std::string>>* out);
 
@@ -263,6 +267,7 @@ class LmdbBackend final : public Backend {
   uv_async_t* async_ = nullptr;
   bool work_scheduled_ = false;
   bool closing_ = false;
+  bool stop_requested_ = false;  // closing_, and the writer was asked to stop
   bool closed_ = false;
   std::function<void()> close_done_;
 
@@ -400,6 +405,7 @@ void LmdbBackend::ProcessWork() {
   writer_->Enqueue(&outbox_);
   read_->End();
 
+  if (closing_ && !stop_requested_) StopWriter();
   if (closing_ && !closed_ && writer_->stopped()) {
     writer_->Stop();
     batches.clear();
@@ -583,7 +589,19 @@ void LmdbBackend::Publish(PublishRequest request, PublishCallback done) {
     });
     return;
   }
-  if (request.reply_token != 0 && DeliverDirect(request, done)) return;
+  if (request.reply_token != 0 && !request.dedupe) {
+    // Tried from the loop's next pass, never inside Publish(): a consumer is never called from
+    // inside the call that caused it (backend.h).
+    auto direct = std::make_shared<DirectRequest>(DirectRequest{std::move(request), std::move(done)});
+    Complete([this, direct] {
+      if (closing_ || !DeliverDirect(direct)) EnqueuePublish(std::move(direct->request), std::move(direct->done));
+    });
+    return;
+  }
+  EnqueuePublish(std::move(request), std::move(done));
+}
+
+void LmdbBackend::EnqueuePublish(PublishRequest request, PublishCallback done) {
   WriteOp& op = outbox_.emplace_back();
   op.kind = OpKind::kPublish;
   op.now_us = request.publish_time_us != 0 ? request.publish_time_us : clock_.NowUs();
@@ -601,29 +619,30 @@ void LmdbBackend::Publish(PublishRequest request, PublishCallback done) {
 // to after any lost reply (the pipeline's PlaceOrder has an idempotency key for that).
 //
 // Only when the topic is nothing but a queue of requests: exactly one subscription, ordering "none",
-// nothing of it waiting to be delivered (so a direct request never overtakes a stored one), no
-// retention, and no publisher-chosen id (dedupe needs the stored index). A second subscription or a
-// retention setting (audit, replay) makes every request stored, as any message is. A direct request
-// that its consumer does not settle (nack, lease expiry, detach, crash, shutdown) is stored then
-// (StoreDirect) and carries on like any stored message.
-bool LmdbBackend::DeliverDirect(PublishRequest& request, PublishCallback& done) {
-  if (request.dedupe) return false;
-  auto t = topics_by_name_.find(request.topic);
+// nothing of it that the loop knows to be waiting (a request still being stored may be overtaken:
+// with ordering "none" nothing promises their order), no retention, no limits (a direct request
+// would pass a limit that its stored copy then fails), and no publisher-chosen id (dedupe needs the
+// stored index). A second subscription or a retention setting (audit, replay) makes every request
+// stored, as any message is. A direct request that its consumer does not settle (nack, lease expiry,
+// detach, crash, shutdown) is stored then (StoreDirect) and carries on like any stored message.
+bool LmdbBackend::DeliverDirect(const std::shared_ptr<DirectRequest>& direct) {
+  auto t = topics_by_name_.find(direct->request.topic);
   if (t == topics_by_name_.end()) return false;
   Topic* topic = t->second;
-  if (topic->subs.size() != 1 || topic->config.retention_max_age.count() > 0 ||
-      topic->config.retention_max_bytes > 0) {
+  const TopicConfig& tc = topic->config;
+  if (topic->subs.size() != 1 || tc.retention_max_age.count() > 0 || tc.retention_max_bytes > 0 ||
+      tc.max_messages > 0 || tc.max_bytes > 0) {
     return false;
   }
   Sub* sub = topic->subs.front();
-  if (sub->key_ordered() || sub->scan_seq <= topic->rec.last_seq || !sub->window.empty() ||
-      !sub->front.empty() || !sub->retry.empty()) {
+  if (sub->key_ordered() || sub->rec.max_backlog > 0 || sub->scan_seq <= topic->rec.last_seq ||
+      !sub->window.empty() || !sub->front.empty() || !sub->retry.empty()) {
     return false;
   }
   Consumer* c = NextConsumer(sub);
   if (c == nullptr) return false;
   Pending p;
-  p.direct = std::make_shared<DirectRequest>(DirectRequest{std::move(request), std::move(done)});
+  p.direct = direct;
   return DeliverTo(c, std::move(p), clock_.NowUs());
 }
 
@@ -633,7 +652,14 @@ void LmdbBackend::StoreDirect(Sub* sub, Adoption how) {
   WriteOp& op = outbox_.emplace_back();
   op.kind = OpKind::kPublish;
   op.now_us = clock_.NowUs();
-  op.publish = std::move(direct->request);
+  // A copy: a Delivery handed out for it may still point into the DirectRequest's envelope.
+  op.publish = direct->request;
+  if (!how.dead_reason.empty()) {
+    op.sub_id = sub->id;
+    op.count = how.msg.count;
+    op.reason = how.dead_reason;
+    op.error = how.error;
+  }
   op.publish_done = [this, sub_id = sub->id, id, done = std::move(direct->done)](Result<PublishResult> r) {
     if (!r.ok()) {
       // Not stored: the requester gets the error (the service answers its Request with it).
@@ -969,7 +995,8 @@ void LmdbBackend::RunTimers() {
 
 void LmdbBackend::DeadLetterMsg(Sub* sub, const Pending& p, std::string reason, std::string error) {
   if (p.direct) {
-    // A dead letter is a stored message: store it first, and Fill() dead-letters it when it reads it.
+    // A dead letter is a stored message: it is stored and dead-lettered in one commit.
+    ++sub->dead_lettered;
     StoreDirect(sub, Adoption{p, 0, std::move(reason), std::move(error)});
     return;
   }
@@ -1089,7 +1116,9 @@ bool LmdbBackend::Adopt(Sub* sub, uint64_t seq, const MDB_val& stored) {
   sub->adopt.erase(it);
   how.msg.seq = seq;
   if (!how.dead_reason.empty()) {
-    DeadLetterMsg(sub, how.msg, std::move(how.dead_reason), std::move(how.error));
+    // Stored and dead-lettered in one commit (StoreDirect); only the loop's view is left to update.
+    if (sub->acks.Ack(seq)) sub->new_acks.push_back(seq);
+    sub->ack_dirty = true;
   } else {
     sub->retry.emplace(std::make_pair(how.not_before_us, seq), std::move(how.msg));
   }
@@ -1615,11 +1644,19 @@ void LmdbBackend::Close(std::function<void()> done) {
   }
   closing_ = true;
   close_done_ = std::move(done);
+  ScheduleWork();  // ProcessWork() stops the writer once no direct request's bundle is committing
+}
+
+void LmdbBackend::StopWriter() {
+  for (const auto& [id, f] : leases_) {
+    if (f.msg.direct && f.committing) return;  // its outcome decides whether it must be stored
+  }
+  stop_requested_ = true;
   // Direct requests still out are stored, to be delivered after the restart (their requesters are gone
   // by then; a requester retries).
   std::vector<uint64_t> direct;
   for (const auto& [id, f] : leases_) {
-    if (f.msg.direct && !f.committing) direct.push_back(id);
+    if (f.msg.direct) direct.push_back(id);
   }
   for (uint64_t id : direct) {
     InFlight f = TakeLease(leases_.find(id));

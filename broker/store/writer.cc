@@ -425,6 +425,15 @@ Status Writer::ApplyOps(MDB_txn* txn, Batch* batch, bool refuse_publishes) {
       switch (op.kind) {
         case OpKind::kPublish:
           ApplyPublish(txn, &op, refuse_publishes);
+          if (op.status.ok() && !op.reason.empty() && !op.publish_result.duplicate) {
+            // A direct request dead-lettered before it was ever stored: stored and dead-lettered
+            // (and acked, which is how a subscription knows a dead letter) in one transaction.
+            op.seq = op.publish_result.seq;
+            ApplyDeadLetter(txn, &op);
+            SeqKey key(op.sub_id, op.seq);
+            MDB_val k = MdbVal(key.bytes, sizeof key.bytes), empty{0, nullptr};
+            Check(mdb_put(txn, env_->dbi().acks, &k, &empty, 0), "recording a dead letter's ack");
+          }
           break;
         case OpKind::kCreateSub:
           ApplyCreateSub(txn, &op);

@@ -49,7 +49,7 @@
 namespace sluice::broker::store {
 
 enum class OpKind : uint8_t {
-  kPublish,
+  kPublish,      // with `reason` set: then dead-letter it in sub_id (count, reason, error), at once
   kCreateSub,    // creates (or finds) the subscription `sub_config`
   kAck,          // sub_id's new cursor: floor, seqs acked above it, skipped, counts to forget
   kSetCount,     // sub_id, seq, count: a redelivery

@@ -369,7 +369,9 @@ int FakeHost::Publish(Bundle* b, const sluice_out_message* m, bool reply) {
     }
     if (!declared) return -EPERM;
     out.topic = m->topic;
-    out.id = DeriveUuid(b->input_id, "publish/" + std::to_string(b->publishes.size()));
+    // As the host does (daemon/handler_run.cc): the plugin's name, then the publish's position.
+    out.id = DeriveUuid(b->input_id,
+                        std::string(descriptor_->name) + "/publish/" + std::to_string(b->publishes.size()));
   }
   out.key = std::string(View(m->key));
   out.type = std::string(View(m->type));

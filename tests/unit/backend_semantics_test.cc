@@ -181,13 +181,14 @@ class BackendSemanticsTest : public ::testing::TestWithParam<BackendFactory> {
     return seqs;
   }
 
-  // Publishes a Request (a message with a reply token) without waiting: its callback may run only
-  // once a consumer settles it.
+  // Publishes a Request (a message with a reply token) and runs the loop a few passes, enough for a
+  // direct delivery; its callback may run only once a consumer settles it.
   void PublishRequestTo(const std::string& topic, uint64_t reply_token,
                         std::optional<Result<PublishResult>>* out, std::optional<Uuid> id = std::nullopt) {
     PublishRequest r = Request(topic, "", "question", id);
     r.reply_token = reply_token;
     backend_->Publish(std::move(r), [out](Result<PublishResult> x) { *out = std::move(x); });
+    for (int i = 0; i < 5; ++i) uv_run(&loop_, UV_RUN_NOWAIT);
   }
 
   std::vector<uint64_t> PublishN(const std::string& topic, size_t n) {
@@ -943,8 +944,12 @@ TEST_P(BackendSemanticsTest, ARequestAConsumerCanTakeIsDeliveredWithoutBeingStor
   Sink sink;
   uint64_t id = Subscribe(Sub("rq", "handler"), &sink, 10);
   std::optional<Result<PublishResult>> published;
-  PublishRequestTo("rq", 7, &published);
-  ASSERT_EQ(sink.got.size(), 1u) << "handed over within the publish";
+  PublishRequest first = Request("rq", "", "question");
+  first.reply_token = 7;
+  backend_->Publish(std::move(first), [&](Result<PublishResult> x) { published = std::move(x); });
+  EXPECT_TRUE(sink.got.empty()) << "a consumer is never called from inside Publish()";
+  ASSERT_TRUE(RunUntil([&] { return !sink.got.empty(); }));
+  ASSERT_EQ(sink.got.size(), 1u);
   EXPECT_EQ(sink.got[0].seq, 0u) << "not stored, so no seq";
   EXPECT_EQ(sink.got[0].reply_token, 7u);
   EXPECT_EQ(sink.got[0].count, 1u);
@@ -1056,6 +1061,66 @@ TEST_P(BackendSemanticsTest, AnUnsettledDirectRequestIsStoredAndCarriesOn) {
   EXPECT_EQ(sink.got[4].reply_token, 10u);
 }
 
+TEST_P(BackendSemanticsTest, ADeadLetteredDirectRequestIsADeadLetterInTheStoreAtOnce) {
+  Open();
+  Sink sink;
+  uint64_t id = Subscribe(Sub("rq", "handler"), &sink, 1);
+  std::optional<Result<PublishResult>> published;
+  PublishRequestTo("rq", 7, &published);
+  ASSERT_EQ(sink.got.size(), 1u);
+  ASSERT_EQ(sink.got[0].seq, 0u);
+  NackOptions reject;
+  reject.reject = true;
+  reject.error = "bad request";
+  ASSERT_TRUE(backend_->Nack(id, sink.got[0].delivery_id, reject).ok());
+  ASSERT_TRUE(RunUntil([&] { return published.has_value(); }));
+  // The consumer has no credit left, so nothing reads the stored copy before the restart: the commit
+  // that stored it must have dead-lettered it too.
+  Reopen();
+  auto dead = backend_->ListDeadLetters("rq", "handler", 10);
+  ASSERT_TRUE(dead.ok());
+  ASSERT_EQ(dead->size(), 1u);
+  EXPECT_EQ((*dead)[0].reason, "rejected");
+  EXPECT_EQ((*dead)[0].last_error, "bad request");
+  EXPECT_EQ(SubInfo("rq", "handler").pending, 0u);
+  Sink after;
+  Subscribe(Sub("rq", "handler"), &after, 10);
+  Settle();
+  EXPECT_TRUE(after.got.empty()) << "a dead letter is not delivered";
+}
+
+TEST_P(BackendSemanticsTest, CloseWaitsForADirectRequestsBundleAndStoresItIfItFailed) {
+  Open();
+  Sink sink;
+  uint64_t id = Subscribe(Sub("rq", "handler"), &sink, 10);
+  std::optional<Result<PublishResult>> published;
+  PublishRequestTo("rq", 7, &published);
+  ASSERT_EQ(sink.got.size(), 1u);
+  BundleRequest bundle;
+  bundle.consumer_id = id;
+  bundle.delivery_id = sink.got[0].delivery_id;
+  bundle.keyspace = "handler";
+  bundle.version = 1;
+  bundle.reads.push_back(KvReadCheck{"k", 99});  // never written: the bundle conflicts
+  std::optional<Result<BundleResult>> answered;
+  backend_->CommitBundle(std::move(bundle), [&](Result<BundleResult> r) { answered = std::move(r); });
+  bool closed = false;
+  backend_->Close([&] { closed = true; });
+  ASSERT_TRUE(RunUntil([&] { return closed; }));
+  ASSERT_TRUE(answered.has_value());
+  ASSERT_TRUE(answered->ok()) << answered->status().ToString();
+  EXPECT_EQ((*answered)->outcome, BundleOutcome::kConflict);
+  ASSERT_TRUE(published.has_value()) << "stored by the close";
+  ASSERT_TRUE(published->ok()) << published->status().ToString();
+  backend_.reset();
+  Open();
+  Sink after;
+  Subscribe(Sub("rq", "handler"), &after, 10);
+  Settle();
+  ASSERT_EQ(after.got.size(), 1u);
+  EXPECT_EQ(after.got[0].reply_token, 7u);
+}
+
 TEST_P(BackendSemanticsTest, CrashesHoldingADirectRequestCountTowardsPoison) {
   Open();
   SubscriptionConfig c = Sub("rq", "handler");
@@ -1087,24 +1152,29 @@ TEST_P(BackendSemanticsTest, RequestsAreStoredWhenTheTopicIsMoreThanAQueueOfRequ
   options_.topics.push_back(TopicConfig{});
   options_.topics.back().name = "kept";
   options_.topics.back().retention_max_age = std::chrono::hours(1);
+  options_.topics.push_back(TopicConfig{});
+  options_.topics.back().name = "limited";
+  options_.topics.back().max_messages = 100;
   Open();
-  Sink a, b, kept, later, dedupe;
+  Sink a, b, kept, dedupe, limited, later;
   Subscribe(Sub("two", "a"), &a, 10);
   Subscribe(Sub("two", "b"), &b, 10);
   Subscribe(Sub("kept", "s"), &kept, 10);
   Subscribe(Sub("dedupe", "s"), &dedupe, 10);
-  std::optional<Result<PublishResult>> r1, r2, r3, r4;
+  Subscribe(Sub("limited", "s"), &limited, 10);
+  std::optional<Result<PublishResult>> r1, r2, r3, r4, r5;
   PublishRequestTo("two", 1, &r1);             // a second subscription
   PublishRequestTo("kept", 2, &r2);            // retention
   PublishRequestTo("dedupe", 3, &r3, NewUuidV7(1));  // a publisher-chosen id
   PublishRequestTo("nobody", 4, &r4);          // no consumer (auto-created topic)
-  ASSERT_TRUE(RunUntil([&] { return r1 && r2 && r3 && r4; }));
-  for (auto* r : {&r1, &r2, &r3, &r4}) {
+  PublishRequestTo("limited", 5, &r5);         // a limit its stored copy would have to pass
+  ASSERT_TRUE(RunUntil([&] { return r1 && r2 && r3 && r4 && r5; }));
+  for (auto* r : {&r1, &r2, &r3, &r4, &r5}) {
     ASSERT_TRUE((*r)->ok()) << (*r)->status().ToString();
     EXPECT_EQ((**r)->seq, 1u) << "stored";
   }
   Settle();
-  for (Sink* s : {&a, &b, &kept, &dedupe}) {
+  for (Sink* s : {&a, &b, &kept, &dedupe, &limited}) {
     ASSERT_EQ(s->got.size(), 1u);
     EXPECT_EQ(s->got[0].seq, 1u);
   }

@@ -103,9 +103,9 @@ typedef struct sluice_message {
 } sluice_message;
 
 /* A message to publish (or a reply). Empty correlation_id: the input's correlation id is used. The
- * causation id is always the input's id, and the message id is derived from the input's id and the
- * message's position among the handler's publishes, so a re-run publishes the same ids (deduplicated
- * by the broker). */
+ * causation id is always the input's id, and the message id is derived from the input's id, the
+ * plugin's name and the message's position among the handler's publishes, so a re-run publishes the
+ * same ids (deduplicated by the broker). */
 typedef struct sluice_out_message {
   const char* topic; /* must be one of the descriptor's `publishes`; ignored by reply() */
   sluice_str key;
