@@ -12,7 +12,9 @@
 # Environment: BUILDDIR (default: build), DURABILITY (sync), INSTANCES (workers per plugin, 1;
 # ORDER_INSTANCES, INVENTORY_INSTANCES, NOTIFICATION_INSTANCES, ANALYTICS_INSTANCES override it for one),
 # MAILDIR_FSYNC (true: the notification plugin fsyncs each mail and new/, its default), TMPDIR (where the
-# data goes: put it on the disk you want to measure), KEEP.
+# data goes: put it on the disk you want to measure), KEEP. Repeated runs: use KEEP=1 (remove the
+# dirs later), or wait 5 minutes between them; on ext4 without a journal, removing the previous run's
+# Maildir slows the next run's mail (bench/README.md, "The order pipeline").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=$(realpath "${BUILDDIR:-build}")
