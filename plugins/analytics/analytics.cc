@@ -76,6 +76,13 @@ enum { kSkuUnits, kSkuRevenue, kSkuOrders, kSkuSize };
 class Analytics final : public sluice::sdk::Plugin {
  public:
   int Init(const sluice::sdk::InitInfo& info) override {
+    if (!info.config.is_object()) {
+      info.Log(SLUICE_LOG_ERROR, "config must be a table");
+      return -EINVAL;
+    }
+    for (const auto& [key, value] : info.config.items()) {
+      if (key != "keep_minutes") info.Log(SLUICE_LOG_WARNING, "config: unknown key '" + key + "' ignored");
+    }
     if (info.config.contains("keep_minutes")) {
       const auto& v = info.config["keep_minutes"];
       if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > 525'600) {

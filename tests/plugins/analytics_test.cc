@@ -100,6 +100,14 @@ void ExpectStoryCounts(const Report& r, int64_t now) {
   EXPECT_EQ(counts, (std::vector<int64_t>{0, 2, 0, 1, 1}));
 }
 
+TEST(AnalyticsPlugin, ConfigKeysAreCheckedAndUnknownOnesReported) {
+  auto host = LoadAnalytics(R"({"keep_minuts": 30})");
+  ASSERT_TRUE(host);
+  EXPECT_TRUE(host->Logged("config: unknown key 'keep_minuts' ignored"));
+  EXPECT_FALSE(FakeHost::Load(SLUICE_PLUGIN_PATH, R"({"keep_minutes": 0})").ok());
+  EXPECT_FALSE(FakeHost::Load(SLUICE_PLUGIN_PATH, R"([1])").ok()) << "config must be a table";
+}
+
 TEST(AnalyticsPlugin, DescriptorBackfillsFromTheEarliestEvent) {
   auto host = LoadAnalytics();
   ASSERT_TRUE(host);
