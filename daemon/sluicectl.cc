@@ -156,8 +156,11 @@ void HumanStatus(const json& s) {
 void HumanTopics(const json& r) {
   std::vector<std::vector<std::string>> rows;
   for (const auto& t : r.value("topics", json::array())) {
-    rows.push_back({Str(t["name"]), Str(t["messages"]), Str(t["bytes"]), Str(t["first_seq"]), Str(t["last_seq"]),
-                    Str(t["publish_rate"]), std::to_string(t.value("subscriptions", json::array()).size())});
+    // Nothing stored, no range to show (the JSON keeps first_seq = last_seq + 1, as the store does).
+    const bool empty = t.value("messages", 0) == 0;
+    rows.push_back({Str(t["name"]), Str(t["messages"]), Str(t["bytes"]), empty ? "-" : Str(t["first_seq"]),
+                    empty ? "-" : Str(t["last_seq"]), Str(t["publish_rate"]),
+                    std::to_string(t.value("subscriptions", json::array()).size())});
   }
   PrintTable({"TOPIC", "MESSAGES", "BYTES", "FIRST", "LAST", "PUB/S", "SUBS"}, rows);
 }

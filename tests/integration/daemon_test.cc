@@ -126,6 +126,15 @@ TEST(DaemonTest, DlqRedriveReportsSeqsThatAreNotDeadLetters) {
   EXPECT_EQ(WEXITSTATUS(d.Stop()), 0);
 }
 
+TEST(DaemonTest, TopicsShowNoRangeForATopicThatStoresNothing) {
+  DaemonProcess d("[[topic]]\nname = \"idle\"\n");
+  ASSERT_TRUE(d.Start());
+  CommandResult r = d.Ctl({"topics"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("idle +0 +0 +- +- ")) << r.out;
+  EXPECT_EQ(WEXITSTATUS(d.Stop()), 0);
+}
+
 TEST(DaemonTest, GarbageFrameClosesOnlyItsConnection) {
   DaemonProcess d;
   ASSERT_TRUE(d.Start());
