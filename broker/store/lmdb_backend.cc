@@ -233,6 +233,8 @@ class LmdbBackend final : public Backend {
   // Delivers `p` again, not before `not_before_us`.
   void Retry(Sub* sub, Pending p, int64_t not_before_us);
   void DeadLetterMsg(Sub* sub, const Pending& p, std::string reason, std::string error);
+  // The subscription of `topic` if the topic is only a queue of requests (see DeliverDirect), else null.
+  Sub* DirectQueue(std::string_view topic);
   // Hands a Request to a consumer at once if its topic allows it (see the definition).
   bool DeliverDirect(const std::shared_ptr<DirectRequest>& direct);
   void EnqueuePublish(PublishRequest request, PublishCallback done);
@@ -268,6 +270,7 @@ class LmdbBackend final : public Backend {
   bool work_scheduled_ = false;
   bool closing_ = false;
   bool stop_requested_ = false;  // closing_, and the writer was asked to stop
+  size_t deferred_publishes_ = 0;  // Publish() calls waiting for the loop's next pass (direct attempts)
   bool closed_ = false;
   std::function<void()> close_done_;
 
@@ -589,12 +592,20 @@ void LmdbBackend::Publish(PublishRequest request, PublishCallback done) {
     });
     return;
   }
-  if (request.reply_token != 0 && !request.dedupe) {
-    // Tried from the loop's next pass, never inside Publish(): a consumer is never called from
-    // inside the call that caused it (backend.h).
+  const bool may_go_direct = request.reply_token != 0 && !request.dedupe && DirectQueue(request.topic) != nullptr;
+  if (may_go_direct || deferred_publishes_ > 0) {
+    // A direct attempt runs on the loop's next pass, never inside Publish(): a consumer is never
+    // called from inside the call that caused it (backend.h). Publishes that come meanwhile wait
+    // behind it, so the store keeps the order in which they came if it ends up stored.
+    ++deferred_publishes_;
     auto direct = std::make_shared<DirectRequest>(DirectRequest{std::move(request), std::move(done)});
-    Complete([this, direct] {
-      if (closing_ || !DeliverDirect(direct)) EnqueuePublish(std::move(direct->request), std::move(direct->done));
+    Complete([this, direct, may_go_direct] {
+      --deferred_publishes_;
+      if (stop_requested_) {
+        direct->done(Unavailable("the store is closing"));
+      } else if (!may_go_direct || closing_ || !DeliverDirect(direct)) {
+        EnqueuePublish(std::move(direct->request), std::move(direct->done));
+      }
     });
     return;
   }
@@ -625,18 +636,23 @@ void LmdbBackend::EnqueuePublish(PublishRequest request, PublishCallback done) {
 // stored index). A second subscription or a retention setting (audit, replay) makes every request
 // stored, as any message is. A direct request that its consumer does not settle (nack, lease expiry,
 // detach, crash, shutdown) is stored then (StoreDirect) and carries on like any stored message.
-bool LmdbBackend::DeliverDirect(const std::shared_ptr<DirectRequest>& direct) {
-  auto t = topics_by_name_.find(direct->request.topic);
-  if (t == topics_by_name_.end()) return false;
-  Topic* topic = t->second;
+Sub* LmdbBackend::DirectQueue(std::string_view topic_name) {
+  auto t = topics_by_name_.find(std::string(topic_name));
+  if (t == topics_by_name_.end()) return nullptr;
+  const Topic* topic = t->second;
   const TopicConfig& tc = topic->config;
   if (topic->subs.size() != 1 || tc.retention_max_age.count() > 0 || tc.retention_max_bytes > 0 ||
       tc.max_messages > 0 || tc.max_bytes > 0) {
-    return false;
+    return nullptr;
   }
   Sub* sub = topic->subs.front();
-  if (sub->key_ordered() || sub->rec.max_backlog > 0 || sub->scan_seq <= topic->rec.last_seq ||
-      !sub->window.empty() || !sub->front.empty() || !sub->retry.empty()) {
+  return sub->key_ordered() || sub->rec.max_backlog > 0 ? nullptr : sub;
+}
+
+bool LmdbBackend::DeliverDirect(const std::shared_ptr<DirectRequest>& direct) {
+  Sub* sub = DirectQueue(direct->request.topic);
+  if (sub == nullptr || sub->scan_seq <= sub->topic->rec.last_seq || !sub->window.empty() ||
+      !sub->front.empty() || !sub->retry.empty()) {
     return false;
   }
   Consumer* c = NextConsumer(sub);
@@ -660,11 +676,23 @@ void LmdbBackend::StoreDirect(Sub* sub, Adoption how) {
     op.reason = how.dead_reason;
     op.error = how.error;
   }
-  op.publish_done = [this, sub_id = sub->id, id, done = std::move(direct->done)](Result<PublishResult> r) {
-    if (!r.ok()) {
-      // Not stored: the requester gets the error (the service answers its Request with it).
-      auto s = subs_.find(sub_id);
-      if (s != subs_.end()) s->second->adopt.erase(id);
+  const bool dead = !how.dead_reason.empty();
+  op.publish_done = [this, sub_id = sub->id, id, dead, done = std::move(direct->done)](Result<PublishResult> r) {
+    auto s = subs_.find(sub_id);
+    if (s != subs_.end()) {
+      Sub* sub = s->second.get();
+      auto it = sub->adopt.find(id);
+      if (r.ok() && dead && it != sub->adopt.end()) {
+        // Committed as a dead letter: the loop's view follows now, not when Fill() gets to it.
+        sub->adopt.erase(it);
+        if (sub->acks.Ack(r->seq)) sub->new_acks.push_back(r->seq);
+        sub->ack_dirty = true;
+        ScheduleWork();
+      } else if (!r.ok() && !dead && it != sub->adopt.end()) {
+        // Not stored: the requester gets the error (the service answers its Request with it). A
+        // dead letter keeps its entry: a failed flush may still have committed it.
+        sub->adopt.erase(it);
+      }
     }
     if (done) done(std::move(r));
   };

@@ -424,7 +424,9 @@ Status Writer::ApplyOps(MDB_txn* txn, Batch* batch, bool refuse_publishes) {
       batch_now_us_ = std::max(batch_now_us_, op.now_us);
       switch (op.kind) {
         case OpKind::kPublish:
-          ApplyPublish(txn, &op, refuse_publishes);
+          // A dead letter is never refused for space, whether it was stored before or comes with
+          // its message (a direct request's).
+          ApplyPublish(txn, &op, refuse_publishes && op.reason.empty());
           if (op.status.ok() && !op.reason.empty() && !op.publish_result.duplicate) {
             // A direct request dead-lettered before it was ever stored: stored and dead-lettered
             // (and acked, which is how a subscription knows a dead letter) in one transaction.

@@ -1081,6 +1081,9 @@ TEST_P(BackendSemanticsTest, ADeadLetteredDirectRequestIsADeadLetterInTheStoreAt
   reject.error = "bad request";
   ASSERT_TRUE(backend_->Nack(id, sink.got[0].delivery_id, reject).ok());
   ASSERT_TRUE(RunUntil([&] { return published.has_value(); }));
+  Settle();
+  EXPECT_EQ(SubInfo("rq", "handler").pending, 0u) << "a dead letter, not a pending message";
+  EXPECT_EQ(SubInfo("rq", "handler").dead_lettered, 1u);
   // The consumer has no credit left, so nothing reads the stored copy before the restart: the commit
   // that stored it must have dead-lettered it too.
   Reopen();
@@ -1195,6 +1198,29 @@ TEST_P(BackendSemanticsTest, RequestsAreStoredWhenTheTopicIsMoreThanAQueueOfRequ
   ASSERT_EQ(none.got.size(), 1u);
   EXPECT_EQ(none.got[0].reply_token, 5u) << "the stored one first";
   (void)id;
+}
+
+TEST_P(BackendSemanticsTest, RequestsAndPublishesAreStoredInTheOrderTheyCame) {
+  Open();
+  Sink none, keyed;
+  Subscribe(Sub("rq", "handler"), &none, 0);  // a queue of requests, but no credit: stored
+  SubscriptionConfig k = Sub("ko", "s");
+  k.ordering = OrderingMode::kKey;
+  Subscribe(k, &keyed, 0);
+  for (const std::string topic : {"rq", "ko"}) {
+    std::vector<std::optional<Result<PublishResult>>> got(3);
+    PublishRequest request = Request(topic, "a", "request");
+    request.reply_token = 7;
+    // No loop pass in between, as when one read brings several frames.
+    backend_->Publish(std::move(request), [&](Result<PublishResult> r) { got[0] = std::move(r); });
+    backend_->Publish(Request(topic, "a", "publish"), [&](Result<PublishResult> r) { got[1] = std::move(r); });
+    backend_->Publish(Request(topic, "a", "again"), [&](Result<PublishResult> r) { got[2] = std::move(r); });
+    ASSERT_TRUE(RunUntil([&] { return got[0] && got[1] && got[2]; }));
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_TRUE(got[i]->ok()) << got[i]->status().ToString();
+      EXPECT_EQ((*got[i])->seq, i + 1) << topic << ": stored in the order they came";
+    }
+  }
 }
 
 TEST_P(BackendSemanticsTest, CloseStoresTheDirectRequestsStillOut) {
