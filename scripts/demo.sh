@@ -63,7 +63,14 @@ first=$(ctl --json order list | grep -m1 '"order_id"' | sed 's/.*: "\(.*\)".*/\1
 say "the story of order $first across services (sluicectl trace)"
 ctl trace "$first"
 
+# Notification consumes the events on its own subscription, so its mails may come a little after the
+# orders settled: one thank-you per order, one more per cancelled order.
 maildir=$run/data/plugins/notification/Maildir/new
+mails=$(( $(ctl --json order list | grep -c '"order_id"') + $(ctl --json order list --status cancelled | grep -c '"order_id"') ))
+for _ in $(seq 100); do
+  [ "$(find "$maildir" -type f | wc -l)" -ge "$mails" ] && break
+  sleep 0.1
+done
 say "mails written to $maildir"
 for f in "$maildir"/*; do
   to=$(grep -m1 '^To:' "$f" | cut -c5-)
