@@ -234,7 +234,7 @@ class LmdbBackend final : public Backend {
   void Retry(Sub* sub, Pending p, int64_t not_before_us);
   void DeadLetterMsg(Sub* sub, const Pending& p, std::string reason, std::string error);
   // The subscription of `topic` if the topic is only a queue of requests (see DeliverDirect), else null.
-  Sub* DirectQueue(std::string_view topic);
+  Sub* DirectQueue(const std::string& topic);
   // Hands a Request to a consumer at once if its topic allows it (see the definition).
   bool DeliverDirect(const std::shared_ptr<DirectRequest>& direct);
   void EnqueuePublish(PublishRequest request, PublishCallback done);
@@ -629,15 +629,15 @@ void LmdbBackend::EnqueuePublish(PublishRequest request, PublishCallback done) {
 // handler's commit, the requester loses its connection without a Reply and retries, as it would have
 // to after any lost reply (the pipeline's PlaceOrder has an idempotency key for that).
 //
-// Only when the topic is nothing but a queue of requests: exactly one subscription, ordering "none",
-// nothing of it that the loop knows to be waiting (a request still being stored may be overtaken:
+// Only when the topic is nothing but a queue of requests: exactly one subscription, ordering "none"
+// and no max_backlog, nothing of it that the loop knows to be waiting (a request still being stored may be overtaken:
 // with ordering "none" nothing promises their order), no retention, no limits (a direct request
 // would pass a limit that its stored copy then fails), and no publisher-chosen id (dedupe needs the
 // stored index). A second subscription or a retention setting (audit, replay) makes every request
 // stored, as any message is. A direct request that its consumer does not settle (nack, lease expiry,
 // detach, crash, shutdown) is stored then (StoreDirect) and carries on like any stored message.
-Sub* LmdbBackend::DirectQueue(std::string_view topic_name) {
-  auto t = topics_by_name_.find(std::string(topic_name));
+Sub* LmdbBackend::DirectQueue(const std::string& topic_name) {
+  auto t = topics_by_name_.find(topic_name);
   if (t == topics_by_name_.end()) return nullptr;
   const Topic* topic = t->second;
   const TopicConfig& tc = topic->config;
