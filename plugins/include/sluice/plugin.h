@@ -93,7 +93,7 @@ typedef struct sluice_message {
   sluice_str correlation_id;
   sluice_str causation_id;
   int64_t publish_time_us;
-  uint64_t seq;
+  uint64_t seq;            /* its topic's sequence number; 0 for a request handed over unstored */
   uint32_t delivery_count; /* 1 on the first delivery */
   int is_request;          /* a Request: answer with reply() */
   const sluice_header* headers;
