@@ -334,6 +334,9 @@ int Worker::Setup() {
     std::string data_dir = plugin_data_dir_.string();
     init.data_dir = data_dir.c_str();
     init.instance = options_.instance;
+    init.handler_timeout_ms = static_cast<uint32_t>(
+        std::min<int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(options_.handler_timeout).count(),
+                          UINT32_MAX));
     watchdog_.Arm(Watchdog::Phase::kInit, 0);
     int rc = cb.init(&init, &state_);
     watchdog_.Disarm();

@@ -396,6 +396,12 @@ int NotificationPlugin::InitSmtp(const sdk::InitInfo& info, const json& smtp) {
     }
   }
   if (s.host.empty()) return fail("host is required");
+  if (info.handler_timeout.count() > 0 && s.timeout_ms >= info.handler_timeout.count()) {
+    // curl's timeout covers the whole send: a relay that slow would get the worker killed mid-send,
+    // and each kill counts towards making the mail poison.
+    return fail("timeout_ms (" + std::to_string(s.timeout_ms) + ") must be below the plugin's handler_timeout (" +
+                std::to_string(info.handler_timeout.count()) + " ms): lower it, or raise handler_timeout");
+  }
   if (!password_file.empty()) {
     if (s.username.empty()) return fail("password_file needs a username");
     std::ifstream in(password_file);

@@ -183,6 +183,7 @@ Status FakeHost::CallInit() {
   init.config_json = config_json_.c_str();
   init.data_dir = data_dir_.c_str();
   init.instance = 0;
+  init.handler_timeout_ms = 30'000;  // the daemon's default handler_timeout
   state_ = nullptr;
   if (descriptor_->init != nullptr) {
     int rc = descriptor_->init(&init, &state_);

@@ -269,6 +269,13 @@ TEST(NotificationPlugin, ABadConfigRefusesToStart) {
   }
 }
 
+TEST(NotificationPlugin, AnSmtpTimeoutBeyondTheHandlerTimeoutRefusesToStart) {
+  // The fake host passes the daemon's default handler_timeout, 30 s.
+  auto slow = FakeHost::Load(SLUICE_PLUGIN_PATH, R"({"smtp": {"host": "relay", "timeout_ms": 30000}})");
+  ASSERT_FALSE(slow.ok());
+  EXPECT_TRUE(FakeHost::Load(SLUICE_PLUGIN_PATH, R"({"smtp": {"host": "relay", "timeout_ms": 29000}})").ok());
+}
+
 // aiosmtpd in a child process, for one test.
 class SmtpSink {
  public:

@@ -167,6 +167,10 @@ typedef struct sluice_plugin_init {
   const char* config_json;    /* the plugin's `config` table as a JSON object ("{}" when none) */
   const char* data_dir;       /* a private directory for files (a Maildir), created by the host */
   uint32_t instance;          /* 0 .. instances-1 */
+  /* Since ABI 1.1 (read it only when struct_size covers it): the host kills a handle() or sync()
+   * call that runs longer than this (the plugin's handler_timeout), so a plugin can refuse a
+   * config whose own timeouts exceed it. */
+  uint32_t handler_timeout_ms;
 } sluice_plugin_init;
 
 typedef struct sluice_plugin {

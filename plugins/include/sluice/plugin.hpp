@@ -28,6 +28,7 @@
 #include <array>
 #include <chrono>
 #include <concepts>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -215,6 +216,8 @@ struct InitInfo {
   nlohmann::json config;       // the plugin's `config` table
   std::string data_dir;        // private directory for files
   uint32_t instance = 0;
+  // The host kills a Handle() or Sync() that runs longer (0: an older host did not say).
+  std::chrono::milliseconds handler_timeout{0};
   const sluice_host_api* api = nullptr;
   void Log(int level, const std::string& message) const { api->log(nullptr, level, message.c_str()); }
 };
@@ -245,6 +248,9 @@ int InitThunk(const sluice_plugin_init* init, void** state) {
     info.config = nlohmann::json::parse(init->config_json ? init->config_json : "{}");
     info.data_dir = init->data_dir ? init->data_dir : "";
     info.instance = init->instance;
+    if (init->struct_size >= offsetof(sluice_plugin_init, handler_timeout_ms) + sizeof init->handler_timeout_ms) {
+      info.handler_timeout = std::chrono::milliseconds(init->handler_timeout_ms);
+    }
     info.api = init->api;
     int rc = inst->plugin->Init(info);
     if (rc != 0) return rc;
