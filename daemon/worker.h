@@ -6,8 +6,8 @@
 // prefetch, then runs handle() for each delivery and sends the outcome: a Bundle of the run's effects on
 // SLUICE_OK (pipelined, up to kMaxBundlesInFlight unanswered), a Nack on RETRY or REJECT. For a plugin
 // with a sync() callback, the bundles of the runs of one pass over the queued deliveries (up to 256,
-// and 50 ms after the first) wait until sync() has returned 0 for all of them; when it fails, their messages are retried. A bundle
-// refused as a conflict is run again with fresh reads once every earlier bundle is answered; one whose
+// and 50 ms after the first) wait until sync() has returned 0 for all of them; when it fails, their
+// messages are retried. A bundle refused as a conflict is run again with fresh reads once every earlier bundle is answered; one whose
 // lease was lost is dropped (the message went to another consumer).
 //
 // Talking to the supervisor: besides the broker socket, the worker writes one JSON object per line to

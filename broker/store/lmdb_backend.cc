@@ -237,7 +237,8 @@ class LmdbBackend final : public Backend {
   Sub* DirectQueue(const std::string& topic);
   // Hands a Request to a consumer at once if its topic allows it (see the definition).
   bool DeliverDirect(const std::shared_ptr<DirectRequest>& direct);
-  void EnqueuePublish(PublishRequest request, PublishCallback done);
+  // Queues a publish for the writer; the caller may add to the op it returns.
+  WriteOp& EnqueuePublish(PublishRequest request, PublishCallback done);
   // Stores an unsettled direct request; `how` says what happens once Fill() reads it back.
   void StoreDirect(Sub* sub, Adoption how);
   void RescanKey(Sub* sub, const std::string& key, uint64_t from_seq);
@@ -612,7 +613,7 @@ void LmdbBackend::Publish(PublishRequest request, PublishCallback done) {
   EnqueuePublish(std::move(request), std::move(done));
 }
 
-void LmdbBackend::EnqueuePublish(PublishRequest request, PublishCallback done) {
+WriteOp& LmdbBackend::EnqueuePublish(PublishRequest request, PublishCallback done) {
   WriteOp& op = outbox_.emplace_back();
   op.kind = OpKind::kPublish;
   op.now_us = request.publish_time_us != 0 ? request.publish_time_us : clock_.NowUs();
@@ -620,6 +621,7 @@ void LmdbBackend::EnqueuePublish(PublishRequest request, PublishCallback done) {
   op.publish = std::move(request);
   op.publish_done = std::move(done);
   ScheduleWork();
+  return op;
 }
 
 // A Request that a consumer can take at once is handed over without being stored first. Its
@@ -665,39 +667,36 @@ bool LmdbBackend::DeliverDirect(const std::shared_ptr<DirectRequest>& direct) {
 void LmdbBackend::StoreDirect(Sub* sub, Adoption how) {
   std::shared_ptr<DirectRequest> direct = std::move(how.msg.direct);
   const Uuid id = direct->request.id;
-  WriteOp& op = outbox_.emplace_back();
-  op.kind = OpKind::kPublish;
-  op.now_us = clock_.NowUs();
-  // A copy: a Delivery handed out for it may still point into the DirectRequest's envelope.
-  op.publish = direct->request;
-  if (!how.dead_reason.empty()) {
+  const bool dead = !how.dead_reason.empty();
+  auto stored = [this, sub_id = sub->id, id, dead, done = std::move(direct->done)](Result<PublishResult> r) {
+    auto s = subs_.find(sub_id);
+    if (s != subs_.end()) {
+      Sub* owner = s->second.get();
+      auto it = owner->adopt.find(id);
+      if (r.ok() && dead && it != owner->adopt.end()) {
+        // Committed as a dead letter: the loop's view follows now, not when Fill() gets to it.
+        owner->adopt.erase(it);
+        if (owner->acks.Ack(r->seq)) owner->new_acks.push_back(r->seq);
+        owner->ack_dirty = true;
+        ScheduleWork();
+      } else if (!r.ok() && !dead && it != owner->adopt.end()) {
+        // Not stored: the requester gets the error (the service answers its Request with it). A
+        // dead letter keeps its entry: a failed flush may still have committed it.
+        owner->adopt.erase(it);
+      }
+    }
+    if (done) done(std::move(r));
+  };
+  // A copy of the request: a Delivery handed out for it may still point into its envelope.
+  WriteOp& op = EnqueuePublish(direct->request, std::move(stored));
+  op.now_us = clock_.NowUs();  // a dead letter's time is when it was dead-lettered
+  if (dead) {
     op.sub_id = sub->id;
     op.count = how.msg.count;
     op.reason = how.dead_reason;
     op.error = how.error;
   }
-  const bool dead = !how.dead_reason.empty();
-  op.publish_done = [this, sub_id = sub->id, id, dead, done = std::move(direct->done)](Result<PublishResult> r) {
-    auto s = subs_.find(sub_id);
-    if (s != subs_.end()) {
-      Sub* sub = s->second.get();
-      auto it = sub->adopt.find(id);
-      if (r.ok() && dead && it != sub->adopt.end()) {
-        // Committed as a dead letter: the loop's view follows now, not when Fill() gets to it.
-        sub->adopt.erase(it);
-        if (sub->acks.Ack(r->seq)) sub->new_acks.push_back(r->seq);
-        sub->ack_dirty = true;
-        ScheduleWork();
-      } else if (!r.ok() && !dead && it != sub->adopt.end()) {
-        // Not stored: the requester gets the error (the service answers its Request with it). A
-        // dead letter keeps its entry: a failed flush may still have committed it.
-        sub->adopt.erase(it);
-      }
-    }
-    if (done) done(std::move(r));
-  };
   sub->adopt[id] = std::move(how);
-  ScheduleWork();
 }
 
 void LmdbBackend::Subscribe(const SubscribeSpec& spec, ConsumerSink* sink, SubscribeCallback done) {
