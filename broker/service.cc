@@ -406,6 +406,12 @@ void BrokerService::OnBundle(net::Connection& conn, Session& s, const wire::Bund
   uint64_t conn_id = conn.id();
   uint64_t request_id = bundle.request_id();
   auto ack = [this, conn_id, request_id](wire::BundleStatus status, std::string_view message) {
+    switch (status) {
+      case wire::BundleStatus::Committed: ++stats_.bundles_committed; break;
+      case wire::BundleStatus::Conflict: ++stats_.bundles_conflict; break;
+      case wire::BundleStatus::LeaseLost: ++stats_.bundles_lease_lost; break;
+      default: ++stats_.bundles_refused; break;
+    }
     auto c = conns_.Find(conn_id);
     auto sit = sessions_.find(conn_id);
     if (!c || c->closed() || sit == sessions_.end()) return;

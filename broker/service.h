@@ -56,6 +56,12 @@ struct ServiceStats {
   uint64_t frames_in = 0;
   uint64_t publishes = 0;
   uint64_t requests = 0;
+  // Plugin bundles by their outcome: committed, refused as a conflict (run again), lease lost
+  // (dropped), refused (not allowed as sent, or a storage error).
+  uint64_t bundles_committed = 0;
+  uint64_t bundles_conflict = 0;
+  uint64_t bundles_lease_lost = 0;
+  uint64_t bundles_refused = 0;
 };
 
 class BrokerService : public net::FrameHandler {

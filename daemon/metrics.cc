@@ -172,6 +172,12 @@ std::string RenderMetrics(const MetricsSources& s) {
     w.Sample("sluice_connections", "", s.service->connection_count());
     w.Family("sluice_protocol_errors_total", "counter", "Connections closed for a frame that broke the protocol.");
     w.Sample("sluice_protocol_errors_total", "", st.protocol_errors);
+    w.Family("sluice_bundles_total", "counter",
+             "Plugin bundles by outcome (a run without effects is acked, not bundled).");
+    w.Sample("sluice_bundles_total", "outcome=\"committed\"", st.bundles_committed);
+    w.Sample("sluice_bundles_total", "outcome=\"conflict\"", st.bundles_conflict);
+    w.Sample("sluice_bundles_total", "outcome=\"lease_lost\"", st.bundles_lease_lost);
+    w.Sample("sluice_bundles_total", "outcome=\"refused\"", st.bundles_refused);
   }
   struct PluginSeries {
     const char* name;
@@ -180,7 +186,7 @@ std::string RenderMetrics(const MetricsSources& s) {
     const char* help;
   };
   static const PluginSeries kPlugin[] = {
-      {"sluice_plugin_handled_total", "counter", "handled", "Messages the plugin's handlers committed."},
+      {"sluice_plugin_handled_total", "counter", "handled", "Messages the plugin's handlers completed: effects committed, or acked when a run had none."},
       {"sluice_plugin_retried_total", "counter", "retried", "Handler runs that asked for a retry."},
       {"sluice_plugin_rejected_total", "counter", "rejected", "Handler runs that rejected their message."},
       {"sluice_plugin_restarts_total", "counter", "restarts", "Worker restarts."},

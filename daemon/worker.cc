@@ -41,6 +41,17 @@ std::string Label(const client::Delivery& d) {
   return d.seq() != 0 ? fmt::format("message seq {}", d.seq()) : fmt::format("request {}", FormatUuid(d.id()));
 }
 
+// A run that read no key, wrote none, published nothing and answers no request has no effect to
+// commit, and what it decided depended on no state (so no other instance's commit can make it stale):
+// its message is acked like any consumer's, with the lazily committed acks, instead of costing a bundle
+// in the group commit. Notification's mails (outside effects) and the events a plugin ignores are such
+// runs. A lost ack (a crash before it is committed) redelivers the message, which such a run handles
+// the same way again.
+bool AckOnly(const client::Delivery& d, const client::BundleMessage& b) {
+  return d.reply_token == 0 && b.reads.empty() && b.writes.empty() && b.publishes.empty() && !b.reply &&
+         b.reply_error.empty();
+}
+
 using namespace std::chrono_literals;
 using nlohmann::json;
 
@@ -213,6 +224,7 @@ class Worker {
   struct Unsynced {
     Held held;
     client::BundleMessage bundle;
+    bool ack_only = false;  // see AckOnly()
   };
 
   int Setup();
@@ -220,6 +232,10 @@ class Worker {
   void RunOne(Held held);
   // Sends a run's bundle; its writes are in pending_ under the bundle's version already.
   void SendBundle(Held held, const client::BundleMessage& bundle);
+  // A run without effects: its message is acked with the next FlushAcks() instead of a bundle.
+  void AckLater(Held held);
+  // Sends the Acks of AckLater() (one frame per consumer), then gives their credit back.
+  void FlushAcks();
   // Calls the plugin's sync() for the runs in unsynced_, then sends their bundles (or, when it
   // fails, retries their messages).
   void SyncAndSend();
@@ -248,6 +264,7 @@ class Worker {
   std::unordered_map<uint64_t, uint32_t> credit_owed_;
   std::unordered_map<uint64_t, Sent> sent_;               // by bundle request id
   std::vector<Unsynced> unsynced_;                        // in run order; plugins with sync() only
+  std::vector<Held> to_ack_;                              // runs without effects, not acked yet
   std::chrono::steady_clock::time_point unsynced_since_;  // when the first of unsynced_ was run
   std::map<uint64_t, Held> reruns_;                       // by arrival order
   // Messages that were in hand when an earlier worker died. One is run only when this worker holds
@@ -518,16 +535,21 @@ void Worker::RunOne(Held held) {
       bundle.consumer_id = d.consumer_id;
       bundle.delivery_id = d.delivery_id;
       bundle.version = NextVersion();
-      pending_.Add(bundle.version, bundle.writes);
+      const bool ack_only = AckOnly(d, bundle);
+      if (!ack_only) pending_.Add(bundle.version, bundle.writes);
       if (plugin_->callbacks().sync != nullptr) {
         if (unsynced_.empty()) unsynced_since_ = std::chrono::steady_clock::now();
-        unsynced_.push_back({std::move(held), std::move(bundle)});
+        unsynced_.push_back({std::move(held), std::move(bundle), ack_only});
         if (unsynced_.size() >= kMaxUnsynced || std::chrono::steady_clock::now() - unsynced_since_ >= kMaxSyncDelay) {
           SyncAndSend();
         }
         return;
       }
-      SendBundle(std::move(held), bundle);
+      if (ack_only) {
+        AckLater(std::move(held));
+      } else {
+        SendBundle(std::move(held), bundle);
+      }
       return;
     }
     case SLUICE_RETRY:
@@ -572,6 +594,22 @@ void Worker::SendBundle(Held held, const client::BundleMessage& bundle) {
   }
 }
 
+void Worker::AckLater(Held held) {
+  ++counts_.handled;
+  to_ack_.push_back(std::move(held));
+}
+
+void Worker::FlushAcks() {
+  if (to_ack_.empty()) return;
+  std::vector<Held> done;
+  done.swap(to_ack_);
+  std::unordered_map<uint64_t, std::vector<uint64_t>> by_consumer;
+  for (const Held& h : done) by_consumer[h.delivery.consumer_id].push_back(h.delivery.delivery_id);
+  for (const auto& [consumer, ids] : by_consumer) (void)conn_->Ack(consumer, ids);
+  // Credit after the acks: the broker sees the messages settled before it may send more.
+  for (const Held& h : done) Finished(h);
+}
+
 void Worker::SyncAndSend() {
   if (unsynced_.empty()) return;
   std::vector<Unsynced> batch;
@@ -587,7 +625,13 @@ void Worker::SyncAndSend() {
   watchdog_.Disarm();
   if (in_hand_ != nullptr) in_hand_->busy.store(0, std::memory_order_release);
   if (rc == 0) {
-    for (Unsynced& u : batch) SendBundle(std::move(u.held), u.bundle);
+    for (Unsynced& u : batch) {
+      if (u.ack_only) {
+        AckLater(std::move(u.held));
+      } else {
+        SendBundle(std::move(u.held), u.bundle);
+      }
+    }
     return;
   }
   std::string why = rc < 0 ? fmt::format("sync() failed: {}", std::strerror(-rc))
@@ -595,7 +639,7 @@ void Worker::SyncAndSend() {
   log::Warning("{}; retrying the {} messages handled since the last sync", why, batch.size());
   for (Unsynced& u : batch) {
     const client::Delivery& d = u.held.delivery;
-    pending_.Remove(u.bundle.version);
+    if (!u.ack_only) pending_.Remove(u.bundle.version);
     ++counts_.retried;
     (void)conn_->Nack(d.consumer_id, d.delivery_id, 0, false, why);
     Finished(u.held);
@@ -648,7 +692,8 @@ void Worker::ReportStats(bool force) {
   auto now = std::chrono::steady_clock::now();
   if (!force && now < next_report_) return;
   size_t in_flight =
-      conn_ ? conn_->deliveries_queued() + unsynced_.size() + sent_.size() + reruns_.size() + quarantine_.size()
+      conn_ ? conn_->deliveries_queued() + unsynced_.size() + to_ack_.size() + sent_.size() + reruns_.size() +
+                  quarantine_.size()
             : 0;
   if (!force && counts_ == reported_ && in_flight == reported_in_flight_) return;
   next_report_ = now + kStatsInterval;
@@ -697,11 +742,13 @@ void Worker::Loop() {
       }
       if (++ran % 64 == 0) {
         while (auto a = conn_->TakeBundleAck()) OnAnswer(std::move(*a));
+        FlushAcks();
       }
     }
     // The plugin's sync() covers everything handled in this pass: one fsync for as many messages as
     // arrived together.
     SyncAndSend();
+    FlushAcks();
     FlushCredit(true);
     ReportStats(false);
     Status s = conn_->Poll(ran > 0 ? 0ms : std::chrono::duration_cast<std::chrono::milliseconds>(kIdlePoll));
@@ -726,6 +773,7 @@ void Worker::Drain() {
   if (!sent_.empty()) {
     log::Warning("stopping with {} bundles unanswered; their messages will be redelivered", sent_.size());
   }
+  FlushAcks();
   FlushCredit(true);
   ReportStats(true);
   (void)conn_->Close();

@@ -4,7 +4,8 @@
 // one plugin. It loads the plugin and checks its descriptor, reports it to the supervisor, calls init(),
 // connects to the broker over the socket it inherited, subscribes every declared subscription with its
 // prefetch, then runs handle() for each delivery and sends the outcome: a Bundle of the run's effects on
-// SLUICE_OK (pipelined, up to kMaxBundlesInFlight unanswered), a Nack on RETRY or REJECT. For a plugin
+// SLUICE_OK (pipelined, up to kMaxBundlesInFlight unanswered), or a plain Ack when the run had no
+// effects and read nothing (no commit of its own), a Nack on RETRY or REJECT. For a plugin
 // with a sync() callback, the bundles of the runs of one pass over the queued deliveries (up to 256,
 // and 50 ms after the first) wait until sync() has returned 0 for all of them; when it fails, their
 // messages are retried. A bundle refused as a conflict is run again with fresh reads once every earlier bundle is answered; one whose

@@ -148,6 +148,48 @@ TEST(PluginHostTest, AWellBehavedPluginCommitsEachEffectOnce) {
   EXPECT_EQ(d.Stop(), 0);
 }
 
+// The value of one sample line of `sluicectl metrics` ("name{labels} value"); -1 when absent.
+double MetricValue(const DaemonProcess& d, const std::string& series) {
+  std::string text = "\n" + d.Ctl({"metrics"}).out;
+  size_t at = text.find("\n" + series + " ");
+  return at == std::string::npos ? -1 : std::stod(text.substr(at + series.size() + 2));
+}
+
+json Subscription(const DaemonProcess& d, const std::string& topic, const std::string& name) {
+  for (const json& s : CtlJson(d, {"subs"}).value("subscriptions", json::array())) {
+    if (s.value("topic", "") == topic && s.value("name", "") == name) return s;
+  }
+  return json::object();
+}
+
+TEST(PluginHostTest, ARunWithoutEffectsIsAckedWithoutABundle) {
+  // "ok" has effects on every message, "ignore" on none: both handle all of them, but only "ok" costs
+  // bundle commits; "ignore"'s acks still reach the store (nothing is redelivered after a restart).
+  const std::string config = PluginDir() + "[[plugin]]\nname = \"ok\"\n[[plugin]]\nname = \"ignore\"\n";
+  DaemonProcess d(config);
+  ASSERT_TRUE(d.Start());
+  ASSERT_TRUE(WorkersSubscribed(d, {"ok", "ignore"})) << Plugin(d, "ignore");
+  auto c = MustConnect(d);
+  ASSERT_NE(c, nullptr);
+  constexpr int kMessages = 40;
+  for (int i = 0; i < kMessages; ++i) MustPublish(*c, "in", std::string("e").append(std::to_string(i)));
+  EXPECT_TRUE(WaitUntil([&] { return Plugin(d, "ok").value("handled", 0) == kMessages; })) << Plugin(d, "ok");
+  EXPECT_TRUE(WaitUntil([&] { return Plugin(d, "ignore").value("handled", 0) == kMessages; }))
+      << Plugin(d, "ignore");
+  EXPECT_TRUE(WaitUntil([&] { return Subscription(d, "in", "ignore").value("pending", -1) == 0; }))
+      << Subscription(d, "in", "ignore");
+  EXPECT_EQ(MetricValue(d, "sluice_bundles_total{outcome=\"committed\"}"), kMessages);
+  EXPECT_EQ(Count(d, "ok"), kMessages);
+  EXPECT_EQ(d.Stop(), 0);
+
+  ASSERT_TRUE(d.Start());
+  ASSERT_TRUE(WorkersSubscribed(d, {"ok", "ignore"})) << Plugin(d, "ignore");
+  json sub = Subscription(d, "in", "ignore");
+  EXPECT_EQ(sub.value("pending", -1), 0) << sub;
+  EXPECT_EQ(sub.value("in_flight", -1), 0) << sub;
+  EXPECT_EQ(d.Stop(), 0);
+}
+
 TEST(PluginHostTest, TwoInstancesRacingOnOneKeyLoseNoUpdate) {
   // Every message increments the same key: the instances' bundles conflict, and the loser runs again
   // with fresh reads, so the count is exact.
