@@ -3,8 +3,10 @@
 // pipeline-bench: the order pipeline (issue 5) measured end to end against a live sluiced that runs the
 // order, inventory, notification and analytics plugins (bench/run-pipeline-bench.sh starts one). It
 // starts nothing itself. --clients threads each own one Connection and place orders with PlaceOrder
-// Request frames on order.commands, as a storefront would; Request is synchronous, so the concurrency
-// is the number of clients. One more connection consumes order.events on its own durable subscription
+// Request frames on order.commands, as a storefront would, keeping --pipeline requests in flight on it
+// (default 1: a synchronous storefront, one thread per concurrent order; more is an asynchronous one
+// that multiplexes its orders over few connections, as a load generator like wrk does, so the
+// benchmark's own threads take less of the machine it measures). The concurrency is clients x pipeline. One more connection consumes order.events on its own durable subscription
 // (--subscription, start "latest") and takes the arrival of each OrderConfirmed / OrderCancelled,
 // matched by correlation id (the order id), as the moment the order reached its final state.
 // Per run it prints orders placed/s, orders/s to a final state, the placement reply latency and the
@@ -22,6 +24,7 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -46,6 +49,7 @@ constexpr std::string_view kOrderCancelled = "orders.OrderCancelled";
 struct Options {
   std::string socket = "run/broker.sock";
   int clients = 16;
+  int pipeline = 1;  // PlaceOrder requests in flight per client connection
   size_t orders = 10000;
   int runs = 3;
   double rate = 0;  // orders/s over all clients; 0: each client places its next order at once
@@ -247,36 +251,70 @@ RunResult Run(const Options& o, int run) {
       sluice::client::OutMessage m;
       m.topic = "order.commands";
       m.type = "orders.PlaceOrder";
+      auto send_time = [&](size_t n) {
+        return start + std::chrono::duration_cast<Clock::duration>(
+                           std::chrono::duration<double>(static_cast<double>(n) / o.rate));
+      };
+      auto failed = [&](const std::string& error) {
+        errors.fetch_add(1);
+        std::lock_guard lock(error_mu);
+        if (first_error.empty()) first_error = error;
+      };
+      std::unordered_map<uint64_t, int64_t> in_flight;  // request id -> when it was sent (ns)
+      std::optional<size_t> due;                        // an order waiting for its paced send time
+      bool exhausted = false;
       for (;;) {
-        size_t n = next.fetch_add(1);
-        if (n >= o.orders) break;
-        if (o.rate > 0) {
-          std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(
-                                                    std::chrono::duration<double>(static_cast<double>(n) / o.rate)));
+        while (!exhausted && in_flight.size() < static_cast<size_t>(o.pipeline)) {
+          size_t n = due ? *due : next.fetch_add(1);
+          due.reset();
+          if (n >= o.orders) {
+            exhausted = true;
+            break;
+          }
+          if (o.rate > 0 && Clock::now() < send_time(n)) {
+            due = n;
+            break;
+          }
+          m.payload = PlaceOrderPayload(o, static_cast<size_t>(run) * o.orders + n);
+          int64_t t0 = NowNs();
+          auto id = conn.RequestAsync(m, 30s);
+          if (!id.ok()) {
+            failed(id.status().ToString());
+            continue;
+          }
+          in_flight.emplace(*id, t0);
         }
-        m.payload = PlaceOrderPayload(o, static_cast<size_t>(run) * o.orders + n);
-        int64_t t0 = NowNs();
-        auto r = conn.Request(m, 30s);
-        int64_t t1 = NowNs();
-        std::string error;
-        std::string id = r.ok() ? OrderIdOf(*r, &error) : "";
-        if (!r.ok()) error = r.status().ToString();
-        if (id.empty()) {
-          errors.fetch_add(1);
-          std::lock_guard lock(error_mu);
-          if (first_error.empty()) first_error = error;
-          continue;
+        if (exhausted && in_flight.empty()) break;
+        // Sends what is queued, then waits for replies, or until the next paced order is due.
+        sluice::Status st = conn.PollUntil(due ? send_time(*due) : Clock::now() + 1s);
+        if (!st.ok() && st.code() != sluice::StatusCode::kTimeout) {
+          for (size_t i = 0; i < in_flight.size(); ++i) failed(st.ToString());
+          break;
         }
-        lat.push_back(static_cast<double>(t1 - t0) / 1e3);
-        int64_t prev = last_reply_ns.load();
-        while (prev < t1 && !last_reply_ns.compare_exchange_weak(prev, t1)) {
-        }
-        std::lock_guard lock(board.mu);
-        if (auto it = board.early.find(id); it != board.early.end()) {
-          board.Final(t0, it->second, board.early_confirmed[id]);
-          board.early.erase(it);
-        } else {
-          board.waiting.emplace(std::move(id), t0);
+        while (auto answer = conn.TakeReply()) {
+          int64_t t1 = NowNs();
+          auto sent = in_flight.find(answer->request_id);
+          if (sent == in_flight.end()) continue;
+          int64_t t0 = sent->second;
+          in_flight.erase(sent);
+          std::string error;
+          std::string id = answer->error.ok() ? OrderIdOf(answer->reply, &error) : "";
+          if (!answer->error.ok()) error = answer->error.ToString();
+          if (id.empty()) {
+            failed(error);
+            continue;
+          }
+          lat.push_back(static_cast<double>(t1 - t0) / 1e3);
+          int64_t prev = last_reply_ns.load();
+          while (prev < t1 && !last_reply_ns.compare_exchange_weak(prev, t1)) {
+          }
+          std::lock_guard lock(board.mu);
+          if (auto it = board.early.find(id); it != board.early.end()) {
+            board.Final(t0, it->second, board.early_confirmed[id]);
+            board.early.erase(it);
+          } else {
+            board.waiting.emplace(std::move(id), t0);
+          }
         }
       }
       clients_left.fetch_sub(1);
@@ -350,6 +388,9 @@ int main(int argc, char** argv) {
   app.add_option("-c,--clients", o.clients, "concurrent storefront connections, one thread each")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));
+  app.add_option("-p,--pipeline", o.pipeline, "PlaceOrder requests each client keeps in flight on its connection")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
   app.add_option("-n,--orders", o.orders, "orders per run")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--runs", o.runs, "runs; median, min and max are printed")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--rate", o.rate, "orders/s over all clients (0: as fast as the replies come)")->capture_default_str();
@@ -363,8 +404,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
-  std::printf("pipeline-bench: %zu orders per run, %d clients, %s, %d runs, socket %s\n", o.orders, o.clients,
-              o.rate > 0 ? fmt::format("paced at {:.0f} orders/s", o.rate).c_str() : "closed loop", o.runs,
+  std::printf("pipeline-bench: %zu orders per run, %d clients x %d in flight, %s, %d runs, socket %s\n", o.orders,
+              o.clients, o.pipeline, o.rate > 0 ? fmt::format("paced at {:.0f} orders/s", o.rate).c_str() : "closed loop", o.runs,
               o.socket.c_str());
   std::fflush(stdout);
   std::vector<double> placed, finals, r50, r99, r999, rmax, c50, c99, c999, cmax, mail;

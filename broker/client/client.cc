@@ -324,13 +324,18 @@ Status Connection::Pump(Clock::time_point deadline, bool until_flushed) {
     bool want_write = out_begin_ < out_.size();
     if (until_flushed && !want_write) return Status::Ok();
 
-    int timeout_ms = -1;
+    // ppoll, not poll: a deadline less than a millisecond away is kept, not rounded to a whole one.
+    timespec wait{};
+    const timespec* timeout = nullptr;
     if (deadline != Clock::time_point::max()) {
-      auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
-      timeout_ms = static_cast<int>(std::clamp<int64_t>(left, 0, INT_MAX));
+      auto left = std::max<int64_t>(
+          0, std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - Clock::now()).count());
+      wait.tv_sec = static_cast<time_t>(left / 1'000'000'000);
+      wait.tv_nsec = static_cast<long>(left % 1'000'000'000);
+      timeout = &wait;
     }
     pollfd p{fd_, static_cast<short>(POLLIN | (want_write ? POLLOUT : 0)), 0};
-    int rc = ::poll(&p, 1, timeout_ms);
+    int rc = ::ppoll(&p, 1, timeout, nullptr);
     if (rc < 0) {
       if (errno == EINTR) continue;
       Break(ErrnoStatus(errno, "poll on the sluiced socket failed"));
@@ -404,6 +409,9 @@ void Connection::Complete(uint64_t request_id, Answer answer) {
     answer.bundle.request_id = request_id;
     answer.bundle.error = std::move(answer.status);
     bundles_done_.push_back(std::move(answer.bundle));
+  } else if (it->second == Pending::kRequestAsync) {
+    --requests_outstanding_;
+    replies_done_.push_back({request_id, std::move(answer.status), std::move(answer.reply)});
   } else {
     answers_.insert_or_assign(request_id, std::move(answer));
   }
@@ -478,7 +486,7 @@ void Connection::Dispatch(const wire::Frame& frame) {
     }
     case wire::Body::Reply: {
       const auto* reply = frame.body_as_Reply();
-      if (!Expect(reply->request_id(), {Pending::kRequest}, body)) return;
+      if (!Expect(reply->request_id(), {Pending::kRequest, Pending::kRequestAsync}, body)) return;
       Answer a;
       ReplyMessage& m = a.reply;
       m.error = std::string(View(reply->error()));
@@ -696,19 +704,40 @@ Status Connection::AddCredit(uint64_t consumer_id, uint32_t credit) {
   return MaybeWrite();
 }
 
-Result<ReplyMessage> Connection::Request(const OutMessage& message,
-                                         std::chrono::milliseconds timeout) {
-  if (!broken_.ok()) return broken_;
-  uint64_t id = NextRequestId();
+Status Connection::QueueRequest(uint64_t request_id, const OutMessage& message, std::chrono::milliseconds timeout) {
   fbb_.Clear();
   auto env = BuildEnvelope(message);
   auto timeout_ms = static_cast<uint32_t>(std::clamp<int64_t>(timeout.count(), 0, UINT32_MAX));
   wire::FinishFrame(fbb_, wire::Body::Request,
-                    wire::CreateRequest(fbb_, id, env, timeout_ms).Union());
-  SLUICE_RETURN_IF_ERROR(QueueBuiltFrame("Request"));
+                    wire::CreateRequest(fbb_, request_id, env, timeout_ms).Union());
+  return QueueBuiltFrame("Request");
+}
+
+Result<ReplyMessage> Connection::Request(const OutMessage& message,
+                                         std::chrono::milliseconds timeout) {
+  if (!broken_.ok()) return broken_;
+  uint64_t id = NextRequestId();
+  SLUICE_RETURN_IF_ERROR(QueueRequest(id, message, timeout));
   auto r = Call(id, Pending::kRequest, DeadlineAfter(timeout), "Reply", timeout);
   if (!r.ok()) return r.status();
   return std::move(r->reply);
+}
+
+Result<uint64_t> Connection::RequestAsync(const OutMessage& message, std::chrono::milliseconds timeout) {
+  if (!broken_.ok()) return broken_;
+  uint64_t id = NextRequestId();
+  SLUICE_RETURN_IF_ERROR(QueueRequest(id, message, timeout));
+  pending_.emplace(id, Pending::kRequestAsync);
+  ++requests_outstanding_;
+  SLUICE_RETURN_IF_ERROR(MaybeWrite());
+  return id;
+}
+
+std::optional<RequestAnswer> Connection::TakeReply() {
+  if (replies_done_.empty()) return std::nullopt;
+  RequestAnswer a = std::move(replies_done_.front());
+  replies_done_.pop_front();
+  return a;
 }
 
 Status Connection::Reply(uint64_t reply_token, const OutMessage& reply, std::string_view error) {
@@ -770,6 +799,11 @@ std::optional<BundleAck> Connection::TakeBundleAck() {
 Status Connection::Poll(std::chrono::milliseconds timeout) {
   if (!broken_.ok()) return broken_;
   return Pump(DeadlineAfter(timeout), /*until_flushed=*/false);
+}
+
+Status Connection::PollUntil(Clock::time_point deadline) {
+  if (!broken_.ok()) return broken_;
+  return Pump(deadline, /*until_flushed=*/false);
 }
 
 Result<nlohmann::json> Connection::Admin(std::string_view command, const nlohmann::json& args,

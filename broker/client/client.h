@@ -8,7 +8,7 @@
 // wants it: deliveries in a queue, acks of asynchronous publishes in arrival order, and the answers of
 // the waiting request by request_id. An answer that arrives after its call timed out is dropped.
 //
-// Output is buffered: PublishAsync, BundleAsync, Ack, Nack, AddCredit and Reply only queue their
+// Output is buffered: PublishAsync, RequestAsync, BundleAsync, Ack, Nack, AddCredit and Reply only queue their
 // frame; the queue is written by the next call that waits, by Flush(), or as soon as it passes 64 KiB,
 // so pipelined frames leave in few large writes. While writing, the connection keeps reading, so a peer that writes to us
 // before it reads can never deadlock it.
@@ -177,6 +177,14 @@ struct ReplyMessage {
   int64_t publish_time_us = 0;
 };
 
+// The answer to one RequestAsync(): the Reply, or (error not OK) the server's Error for the request,
+// e.g. kTimeout when no reply came within the request's timeout or kUnavailable with no consumer.
+struct RequestAnswer {
+  uint64_t request_id = 0;
+  Status error;
+  ReplyMessage reply;
+};
+
 class Connection {
  public:
   // Connects to `socket` and runs the Hello exchange within options.timeout. A server Error during
@@ -232,6 +240,15 @@ class Connection {
   Result<ReplyMessage> Request(const OutMessage& message, std::chrono::milliseconds timeout);
   // Answers a Deliver that carried `reply_token`. A non-empty `error` fails the request.
   Status Reply(uint64_t reply_token, const OutMessage& reply, std::string_view error = {});
+  // Pipelined requests: queues a Request (the server is told `timeout` and answers with a kTimeout
+  // Error when no reply comes within it) and returns its request_id. Collect the answers with
+  // TakeReply() after Poll()/PollUntil() or any other call that waits. When the connection breaks,
+  // Poll() returns its status and the requests still outstanding get no answer.
+  Result<uint64_t> RequestAsync(const OutMessage& message, std::chrono::milliseconds timeout);
+  // The next answered asynchronous request, in arrival order; nullopt when none has been answered yet.
+  std::optional<RequestAnswer> TakeReply();
+  // Asynchronous requests sent and not yet returned by TakeReply().
+  size_t requests_outstanding() const { return requests_outstanding_ + replies_done_.size(); }
 
   // Plugin workers: queues a Bundle and returns its request_id. Bundles pipeline; collect the answers
   // with TakeBundleAck() after Poll() or any other call that waits.
@@ -245,6 +262,8 @@ class Connection {
   // that take them (Receive, TakeBundleAck, ...). OK after a read, kTimeout when nothing came, the
   // broken status once broken. Lets a caller wait for "whatever comes next" in one place.
   Status Poll(std::chrono::milliseconds timeout);
+  // Poll() with an absolute deadline, precise to the microsecond (a paced sender wakes on time).
+  Status PollUntil(std::chrono::steady_clock::time_point deadline);
   // Deliveries received and not yet taken by Receive().
   size_t deliveries_queued() const { return deliveries_.size(); }
 
@@ -272,7 +291,7 @@ class Connection {
 
  private:
   using Clock = std::chrono::steady_clock;
-  enum class Pending { kPublish, kPublishAsync, kSubscribe, kRequest, kAdmin, kBundle };
+  enum class Pending { kPublish, kPublishAsync, kSubscribe, kRequest, kRequestAsync, kAdmin, kBundle };
   struct AdminAnswer {
     int code = 0;
     std::string message;
@@ -320,6 +339,8 @@ class Connection {
   void Break(Status status);
 
   Clock::time_point DeadlineAfter(std::chrono::milliseconds timeout) const;
+  // Builds and queues a Request frame (Request and RequestAsync).
+  Status QueueRequest(uint64_t request_id, const OutMessage& message, std::chrono::milliseconds timeout);
   uint64_t NextRequestId() { return next_request_id_++; }
 
   int fd_;
@@ -345,6 +366,8 @@ class Connection {
   uint64_t last_async_request_id_ = 0;
   size_t bundles_outstanding_ = 0;  // pending_ entries of kind kBundle
   std::deque<BundleAck> bundles_done_;
+  size_t requests_outstanding_ = 0;  // pending_ entries of kind kRequestAsync
+  std::deque<RequestAnswer> replies_done_;
   std::deque<Delivery> deliveries_;
   std::deque<Status> stray_errors_;
   std::string last_error_message_;  // of the latest non-fatal Error frame, for the close message

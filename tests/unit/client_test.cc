@@ -989,6 +989,55 @@ TEST(ClientRequest, ReplyErrorAndLateReply) {
   conn.reset();
 }
 
+TEST(ClientRequest, PipelinedRequestsAreAnsweredInArrivalOrder) {
+  FakeServer server;
+  server.Serve([](Peer& peer) {
+    peer.Handshake();
+    std::vector<uint64_t> ids;
+    for (int i = 0; i < 3; ++i) {
+      const wire::Frame* f = peer.Expect(Body::Request);
+      ASSERT_NE(f, nullptr);
+      EXPECT_EQ(f->body_as_Request()->timeout_ms(), 2000u);
+      ids.push_back(f->body_as_Request()->request_id());
+    }
+    // Out of order, one of them failed by the server.
+    peer.Send(ReplyFrame(ids[2], "third") +
+              ErrorFrame(ids[0], ErrorCode::Timeout, "no reply to the request within its timeout", false) +
+              ReplyFrame(ids[1], "", "unknown SKU"));
+    EXPECT_TRUE(peer.WaitForEof());
+  });
+  auto conn = MustConnect(server);
+  ASSERT_NE(conn, nullptr);
+  OutMessage m;
+  m.topic = "inventory.check";
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 3; ++i) {
+    auto id = conn->RequestAsync(m, 2s);
+    ASSERT_TRUE(id.ok()) << id.status().ToString();
+    ids.push_back(*id);
+  }
+  EXPECT_EQ(conn->requests_outstanding(), 3u);
+  EXPECT_FALSE(conn->TakeReply().has_value());  // nothing has arrived yet
+  std::vector<RequestAnswer> answers;
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (answers.size() < 3 && std::chrono::steady_clock::now() < deadline) {
+    Status s = conn->PollUntil(std::chrono::steady_clock::now() + 100ms);
+    ASSERT_TRUE(s.ok() || s.code() == StatusCode::kTimeout) << s.ToString();
+    while (auto a = conn->TakeReply()) answers.push_back(std::move(*a));
+  }
+  ASSERT_EQ(answers.size(), 3u);
+  EXPECT_EQ(answers[0].request_id, ids[2]);
+  EXPECT_TRUE(answers[0].error.ok());
+  EXPECT_EQ(answers[0].reply.payload, "third");
+  EXPECT_EQ(answers[1].request_id, ids[0]);
+  EXPECT_EQ(answers[1].error.code(), StatusCode::kTimeout);
+  EXPECT_EQ(answers[2].request_id, ids[1]);
+  EXPECT_TRUE(answers[2].error.ok());
+  EXPECT_EQ(answers[2].reply.error, "unknown SKU");
+  EXPECT_EQ(conn->requests_outstanding(), 0u);
+  conn.reset();
+}
+
 TEST(ClientRequest, ResponderRepliesWithTheToken) {
   FakeServer server;
   server.Serve([](Peer& peer) {
