@@ -41,15 +41,14 @@ std::string Label(const client::Delivery& d) {
   return d.seq() != 0 ? fmt::format("message seq {}", d.seq()) : fmt::format("request {}", FormatUuid(d.id()));
 }
 
-// A run that read no key, wrote none, published nothing and answers no request has no effect to
-// commit, and what it decided depended on no state (so no other instance's commit can make it stale):
+// A run that recorded no read, wrote no key, published nothing and answers no request has no effect to
+// commit, and no read of it can go stale (a scan that found nothing records no read, for a bundle too):
 // its message is acked like any consumer's, with the lazily committed acks, instead of costing a bundle
 // in the group commit. Notification's mails (outside effects) and the events a plugin ignores are such
-// runs. A lost ack (a crash before it is committed) redelivers the message, which such a run handles
-// the same way again.
+// runs. A lost Ack (the worker or the daemon dies before it is written or committed) redelivers the
+// message, which such a run handles again: an outside effect is repeated, as after any crash.
 bool AckOnly(const client::Delivery& d, const client::BundleMessage& b) {
-  return d.reply_token == 0 && b.reads.empty() && b.writes.empty() && b.publishes.empty() && !b.reply &&
-         b.reply_error.empty();
+  return d.reply_token == 0 && b.reads.empty() && b.writes.empty() && b.publishes.empty() && !b.reply;
 }
 
 using namespace std::chrono_literals;
@@ -62,6 +61,9 @@ constexpr size_t kMaxBundlesInFlight = 512;
 // for it: slow handlers (an SMTP send) must not hold their acks until a long pass ends.
 constexpr size_t kMaxUnsynced = 256;
 constexpr auto kMaxSyncDelay = 50ms;
+// How long a finished run's Bundle or Ack may wait in the output while a pass goes on: long enough to
+// leave in few writes when handlers are fast, short against any ack_wait.
+constexpr auto kMaxOutputDelay = 2ms;
 // How long an idle worker waits for the socket before it looks at its stop flag again.
 constexpr auto kIdlePoll = 100ms;
 constexpr auto kStatsInterval = 1s;
@@ -232,10 +234,11 @@ class Worker {
   void RunOne(Held held);
   // Sends a run's bundle; its writes are in pending_ under the bundle's version already.
   void SendBundle(Held held, const client::BundleMessage& bundle);
-  // A run without effects: its message is acked with the next FlushAcks() instead of a bundle.
-  void AckLater(Held held);
-  // Sends the Acks of AckLater() (one frame per consumer), then gives their credit back.
-  void FlushAcks();
+  // A run without effects: its message is acked instead of getting a bundle.
+  void Acknowledge(const Held& held);
+  // Writes the queued output when its oldest frame has waited kMaxOutputDelay: a pass of slow
+  // handlers must not hold the outcomes of the runs it has finished.
+  void WriteIfDue();
   // Calls the plugin's sync() for the runs in unsynced_, then sends their bundles (or, when it
   // fails, retries their messages).
   void SyncAndSend();
@@ -264,7 +267,7 @@ class Worker {
   std::unordered_map<uint64_t, uint32_t> credit_owed_;
   std::unordered_map<uint64_t, Sent> sent_;               // by bundle request id
   std::vector<Unsynced> unsynced_;                        // in run order; plugins with sync() only
-  std::vector<Held> to_ack_;                              // runs without effects, not acked yet
+  std::chrono::steady_clock::time_point written_at_;      // when the output was last written
   std::chrono::steady_clock::time_point unsynced_since_;  // when the first of unsynced_ was run
   std::map<uint64_t, Held> reruns_;                       // by arrival order
   // Messages that were in hand when an earlier worker died. One is run only when this worker holds
@@ -546,7 +549,7 @@ void Worker::RunOne(Held held) {
         return;
       }
       if (ack_only) {
-        AckLater(std::move(held));
+        Acknowledge(held);
       } else {
         SendBundle(std::move(held), bundle);
       }
@@ -594,20 +597,20 @@ void Worker::SendBundle(Held held, const client::BundleMessage& bundle) {
   }
 }
 
-void Worker::AckLater(Held held) {
+void Worker::Acknowledge(const Held& held) {
+  const client::Delivery& d = held.delivery;
+  const uint64_t id = d.delivery_id;
+  (void)conn_->Ack(d.consumer_id, std::span<const uint64_t>(&id, 1));
   ++counts_.handled;
-  to_ack_.push_back(std::move(held));
+  // The Ack is queued ahead of any credit this returns: the broker sees the message settled first.
+  Finished(held);
 }
 
-void Worker::FlushAcks() {
-  if (to_ack_.empty()) return;
-  std::vector<Held> done;
-  done.swap(to_ack_);
-  std::unordered_map<uint64_t, std::vector<uint64_t>> by_consumer;
-  for (const Held& h : done) by_consumer[h.delivery.consumer_id].push_back(h.delivery.delivery_id);
-  for (const auto& [consumer, ids] : by_consumer) (void)conn_->Ack(consumer, ids);
-  // Credit after the acks: the broker sees the messages settled before it may send more.
-  for (const Held& h : done) Finished(h);
+void Worker::WriteIfDue() {
+  auto now = std::chrono::steady_clock::now();
+  if (now - written_at_ < kMaxOutputDelay) return;
+  (void)conn_->WriteQueued();
+  written_at_ = now;
 }
 
 void Worker::SyncAndSend() {
@@ -627,7 +630,7 @@ void Worker::SyncAndSend() {
   if (rc == 0) {
     for (Unsynced& u : batch) {
       if (u.ack_only) {
-        AckLater(std::move(u.held));
+        Acknowledge(u.held);
       } else {
         SendBundle(std::move(u.held), u.bundle);
       }
@@ -692,8 +695,7 @@ void Worker::ReportStats(bool force) {
   auto now = std::chrono::steady_clock::now();
   if (!force && now < next_report_) return;
   size_t in_flight =
-      conn_ ? conn_->deliveries_queued() + unsynced_.size() + to_ack_.size() + sent_.size() + reruns_.size() +
-                  quarantine_.size()
+      conn_ ? conn_->deliveries_queued() + unsynced_.size() + sent_.size() + reruns_.size() + quarantine_.size()
             : 0;
   if (!force && counts_ == reported_ && in_flight == reported_in_flight_) return;
   next_report_ = now + kStatsInterval;
@@ -733,6 +735,9 @@ void Worker::Loop() {
         }
         RunOne(std::move(held));
       } else if (!quarantine_.empty() && sent_.empty() && unsynced_.empty() && conn_->deliveries_queued() == 0) {
+        // The Acks queued so far must reach the broker first: if the suspect kills this worker, only
+        // the messages still held count the crash.
+        if (!conn_->Flush().ok()) break;
         Held held = std::move(quarantine_.front());
         quarantine_.pop_front();
         suspects_.erase(held.delivery.id());
@@ -742,16 +747,16 @@ void Worker::Loop() {
       }
       if (++ran % 64 == 0) {
         while (auto a = conn_->TakeBundleAck()) OnAnswer(std::move(*a));
-        FlushAcks();
       }
+      WriteIfDue();
     }
     // The plugin's sync() covers everything handled in this pass: one fsync for as many messages as
     // arrived together.
     SyncAndSend();
-    FlushAcks();
     FlushCredit(true);
     ReportStats(false);
     Status s = conn_->Poll(ran > 0 ? 0ms : std::chrono::duration_cast<std::chrono::milliseconds>(kIdlePoll));
+    written_at_ = std::chrono::steady_clock::now();  // Poll wrote what was queued
     if (!s.ok() && s.code() != StatusCode::kTimeout) {
       log::Error("lost the broker connection: {}", s.message());
       return;
@@ -773,7 +778,6 @@ void Worker::Drain() {
   if (!sent_.empty()) {
     log::Warning("stopping with {} bundles unanswered; their messages will be redelivered", sent_.size());
   }
-  FlushAcks();
   FlushCredit(true);
   ReportStats(true);
   (void)conn_->Close();

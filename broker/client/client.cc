@@ -850,6 +850,12 @@ Status Connection::SendRaw(std::string_view bytes) {
   return Flush();
 }
 
+Status Connection::WriteQueued() {
+  while (broken_.ok() && out_begin_ < out_.size() && TryWrite()) {
+  }
+  return broken_;
+}
+
 Status Connection::Flush() {
   if (!broken_.ok()) return broken_;
   Status s = Pump(DeadlineAfter(options_.timeout), /*until_flushed=*/true);

@@ -9,7 +9,7 @@
 // the waiting request by request_id. An answer that arrives after its call timed out is dropped.
 //
 // Output is buffered: PublishAsync, RequestAsync, BundleAsync, Ack, Nack, AddCredit and Reply only queue their
-// frame; the queue is written by the next call that waits, by Flush(), or as soon as it passes 64 KiB,
+// frame; the queue is written by the next call that waits, by Flush() or WriteQueued(), or as soon as it passes 64 KiB,
 // so pipelined frames leave in few large writes. While writing, the connection keeps reading, so a peer that writes to us
 // before it reads can never deadlock it.
 //
@@ -282,6 +282,8 @@ class Connection {
   Status SendRaw(std::string_view bytes);
   // Writes every queued frame, waiting up to options.timeout.
   Status Flush();
+  // Writes as much of the queued output as the socket takes now, without waiting for the rest.
+  Status WriteQueued();
   // Flushes, then closes the socket. Later calls return kUnavailable.
   Status Close();
 

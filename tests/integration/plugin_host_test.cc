@@ -190,6 +190,59 @@ TEST(PluginHostTest, ARunWithoutEffectsIsAckedWithoutABundle) {
   EXPECT_EQ(d.Stop(), 0);
 }
 
+// Loads a plugin from a drop-in into the running daemon, so that it starts after the messages it
+// will take were published: it gets them in one burst and handles them in one pass.
+CommandResult LoadDropIn(const DaemonProcess& d, const std::string& name, const std::string& table) {
+  std::filesystem::create_directories(d.dir() / "plugins.d");
+  std::ofstream(d.dir() / "plugins.d" / (name + ".toml")) << "[[plugin]]\nname = \"" << name << "\"\n" << table;
+  return d.Ctl({"plugin", "load", name});
+}
+
+TEST(PluginHostTest, ASlowPassSendsEachAckAsItsRunEnds) {
+  // Six runs of 300 ms in one pass: each Ack leaves within kMaxOutputDelay of its run instead of with
+  // the pass (1.8 s later), so the broker sees them one by one, and a lease never outlives a finished
+  // run because its Ack was still queued.
+  DaemonProcess d(PluginDir());
+  ASSERT_TRUE(d.Start());
+  auto c = MustConnect(d);
+  ASSERT_NE(c, nullptr);
+  constexpr int kMessages = 6;
+  for (int i = 0; i < kMessages; ++i) MustPublish(*c, "in", std::string("s").append(std::to_string(i)));
+  CommandResult load = LoadDropIn(d, "ignore", "config = { sleep_ms = 300 }\n");
+  ASSERT_EQ(load.exit_code, 0) << load.out << load.err;
+  int64_t first_seen = 0;
+  ASSERT_TRUE(WaitUntil([&] { return (first_seen = Subscription(d, "in", "ignore").value("acked", 0)) > 0; }, 20s));
+  EXPECT_LT(first_seen, kMessages) << "the Acks arrived together, at the end of the pass";
+  EXPECT_TRUE(WaitUntil([&] { return Subscription(d, "in", "ignore").value("acked", 0) == kMessages; }, 20s))
+      << Subscription(d, "in", "ignore");
+  EXPECT_EQ(Subscription(d, "in", "ignore").value("redelivered", -1), 0);
+  EXPECT_EQ(d.Stop(), 0);
+}
+
+TEST(PluginHostTest, ACrashCountsOnlyAgainstTheMessagesStillHeld) {
+  // Runs without effects are acked, not bundled. Before a suspect runs alone, those Acks must have
+  // reached the broker: otherwise each crash of the suspect also counts against the quiet messages
+  // handled just before it, and they end up dead-lettered as poison with it.
+  DaemonProcess d(PluginDir());
+  ASSERT_TRUE(d.Start());
+  auto c = MustConnect(d);
+  ASSERT_NE(c, nullptr);
+  for (int i = 0; i < 5; ++i) MustPublish(*c, "in", std::string("quiet").append(std::to_string(i)));
+  MustPublish(*c, "in", "crash");
+  // `plugin load` reports the first crash (status 1); the supervisor restarts the worker all the same.
+  (void)LoadDropIn(d, "crash",
+             "restart_backoff_initial = \"100ms\"\nrestart_backoff_max = \"1s\"\nmax_restarts = 10\n"
+             "max_crashes = 3\n");
+  ASSERT_TRUE(WaitUntil([&] { return !DeadLetters(d, "in", "crash").empty(); }, 30s))
+      << Plugin(d, "crash") << d.Log();
+  EXPECT_TRUE(WaitUntil([&] { return Subscription(d, "in", "crash").value("pending", -1) == 0; }))
+      << Subscription(d, "in", "crash");
+  json dead = DeadLetters(d, "in", "crash");
+  ASSERT_EQ(dead.size(), 1u) << dead;
+  EXPECT_THAT(dead[0].value("reason", ""), HasSubstr("poison"));
+  EXPECT_EQ(d.Stop(), 0);
+}
+
 TEST(PluginHostTest, TwoInstancesRacingOnOneKeyLoseNoUpdate) {
   // Every message increments the same key: the instances' bundles conflict, and the loser runs again
   // with fresh reads, so the count is exact.

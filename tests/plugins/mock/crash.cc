@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 //
-// Test plugin: payload "crash" kills the worker with SIGSEGV inside handle(); anything else counts in
-// "count" and succeeds. Poison detection must dead-letter the crashing message after max_crashes.
+// Test plugin: payload "crash" kills the worker with SIGSEGV inside handle(); a payload starting with
+// "quiet" succeeds without any effect (the worker acks it instead of sending a bundle); anything else
+// counts in "count" and succeeds. Poison detection must dead-letter the crashing message after
+// max_crashes, and only it.
 #include <signal.h>
 
 #include <string>
@@ -14,6 +16,7 @@ class Crash : public sluice::sdk::Plugin {
  public:
   sluice::sdk::Result Handle(const sluice::sdk::Message& m, sluice::sdk::Context& ctx) override {
     if (m.payload() == "crash") raise(SIGSEGV);
+    if (m.payload().substr(0, 5) == "quiet") return sluice::sdk::Result::Ok();
     auto seen = ctx.Get("count");
     ctx.Put("count", std::to_string((seen ? std::stol(*seen) : 0) + 1));
     return sluice::sdk::Result::Ok();

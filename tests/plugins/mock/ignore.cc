@@ -3,18 +3,31 @@
 // A test plugin whose handler has no effect: it subscribes to "in" as "ignore" and returns OK without
 // reading, writing, publishing or replying, as Notification does for a mail or Inventory for an event
 // it does not act on. The host acks such a message instead of committing a bundle (worker.cc,
-// AckOnly), which the plugin host test checks with the broker's bundle counter.
+// AckOnly), which the plugin host test checks with the broker's bundle counter. Config
+// {"sleep_ms": N} makes each run take N ms (a slow mail relay).
 //
 // Threading as plugin.h: one call at a time.
+#include <chrono>
+#include <thread>
+
 #include "sluice/plugin.hpp"
 
 namespace {
 
 class Ignore : public sluice::sdk::Plugin {
  public:
+  int Init(const sluice::sdk::InitInfo& info) override {
+    sleep_ms_ = info.config.value("sleep_ms", 0);
+    return 0;
+  }
+
   sluice::sdk::Result Handle(const sluice::sdk::Message& /*m*/, sluice::sdk::Context& /*ctx*/) override {
+    if (sleep_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms_));
     return sluice::sdk::Result::Ok();
   }
+
+ private:
+  int sleep_ms_ = 0;
 };
 
 const sluice_subscription kSubs[] = {{"in", "ignore", SLUICE_START_EARLIEST, SLUICE_ORDERING_NONE, 0, 0, 0}};
