@@ -4,7 +4,9 @@
 # Runs pipeline-bench against a throwaway sluiced with the four order pipeline plugins: makes a temporary
 # directory, writes a config whose [[plugin]] paths point into the build directory, starts
 # BUILD/daemon/sluiced on it, waits until the inventory plugin answers, runs BUILD/bench/pipeline-bench
-# with the arguments given to this script (plus --socket and --maildir), prints the plugins' counters,
+# with the arguments given to this script (plus --socket and --maildir), prints the CPU time each part
+# took per order placed (the daemon's loop and writer threads, each worker, pipeline-bench itself) and
+# how idle the machine was, then the plugins' counters,
 # then stops the daemon with SIGTERM and removes the directory (KEEP=1 keeps it).
 #
 #   BUILDDIR=build-bench bench/run-pipeline-bench.sh --clients 16 --orders 10000 --runs 3
@@ -78,9 +80,50 @@ workers=$(awk -F' = ' '/^name/ {n=$2} /^instances/ {gsub(/"/, "", n); printf "%s
   "$dir/sluice.toml")
 echo "sluiced pid $pid in $dir: durability $durability, workers $workers, maildir_fsync $maildir_fsync," \
      "$(nproc) cpus, load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# CPU time in clock ticks (utime + stime) per thread of sluiced (named: the loop is "sluiced", the group
+# commit "sluiced-writer") and per worker process, as "name ticks" lines; then this shell's waited-for
+# children (pipeline-bench, once it has exited) and the machine's idle ticks.
+cpu_snapshot() {
+  local t
+  for t in /proc/"$pid"/task/*; do
+    awk -v n="$(cat "$t/comm")" '{sub(/^.*\) /, ""); print n, $12 + $13}' "$t/stat" 2>/dev/null
+  done
+  ctl plugins --json 2>/dev/null | python3 -c '
+import json, sys
+for p in json.load(sys.stdin).get("plugins", []):
+    for w in p.get("workers", []):
+        if w.get("pid"): print(p["name"], w["pid"])' | while read -r name wpid; do
+    awk -v n="worker:$name" '{sub(/^.*\) /, ""); print n, $12 + $13}' "/proc/$wpid/stat" 2>/dev/null
+  done
+  awk '{sub(/^.*\) /, ""); print "pipeline-bench", $14 + $15}' /proc/$$/stat
+  awk '/^cpu / {print "idle", $5}' /proc/stat
+}
+before=$(cpu_snapshot)
+started=$(date +%s%N)
 rc=0
 "$build/bench/pipeline-bench" --socket "$dir/broker.sock" \
-  --maildir "$dir/data/plugins/notification/Maildir" "$@" || rc=$?
+  --maildir "$dir/data/plugins/notification/Maildir" "$@" | tee "$dir/bench.out" || rc=$?
+elapsed_ns=$(( $(date +%s%N) - started ))
+after=$(cpu_snapshot)
+# Per order placed, in microseconds of CPU: where the machine's budget goes (bench/README.md).
+python3 - "$dir/bench.out" "$elapsed_ns" "$(getconf CLK_TCK)" "$(nproc)" "$before" "$after" <<'PY'
+import re, sys
+out, elapsed_ns, hz, cpus, before, after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+placed = sum(int(m.group(1)) for m in re.finditer(r"^  run \d+: (\d+) placed", open(out).read(), re.M))
+def ticks(text):
+    d = {}
+    for line in text.splitlines():
+        name, value = line.rsplit(" ", 1)
+        d[name] = d.get(name, 0) + int(value)
+    return d
+b, a = ticks(before), ticks(after)
+if placed:
+    us = {k: (a[k] - b.get(k, 0)) / hz * 1e6 / placed for k in a if k != "idle"}
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(us.items(), key=lambda kv: -kv[1]) if v >= 0.5)
+    idle = (a["idle"] - b["idle"]) / hz / (elapsed_ns / 1e9 * cpus) * 100
+    print(f"CPU per order placed (us): {parts}; total {sum(us.values()):.0f}; machine idle {idle:.0f}% of {cpus} cpus")
+PY
 echo "sluiced RssAnon: $(awk '/RssAnon/ {print $2, $3}' "/proc/$pid/status")"
 ctl plugins || true
 exit $rc
