@@ -22,6 +22,15 @@
 namespace sluice::client {
 namespace {
 
+// The oldest answer of a queue of answers, taken out; nullopt when there is none.
+template <typename T>
+std::optional<T> PopFront(std::deque<T>& answers) {
+  if (answers.empty()) return std::nullopt;
+  T front = std::move(answers.front());
+  answers.pop_front();
+  return front;
+}
+
 // Output is written once this much is queued even if nobody waits, so a long run of PublishAsync
 // calls streams out in large writes.
 constexpr size_t kWriteThreshold = 64u << 10;
@@ -733,12 +742,7 @@ Result<uint64_t> Connection::RequestAsync(const OutMessage& message, std::chrono
   return id;
 }
 
-std::optional<RequestAnswer> Connection::TakeReply() {
-  if (replies_done_.empty()) return std::nullopt;
-  RequestAnswer a = std::move(replies_done_.front());
-  replies_done_.pop_front();
-  return a;
-}
+std::optional<RequestAnswer> Connection::TakeReply() { return PopFront(replies_done_); }
 
 Status Connection::Reply(uint64_t reply_token, const OutMessage& reply, std::string_view error) {
   if (!broken_.ok()) return broken_;
@@ -789,12 +793,7 @@ Result<uint64_t> Connection::BundleAsync(const BundleMessage& bundle) {
   return id;
 }
 
-std::optional<BundleAck> Connection::TakeBundleAck() {
-  if (bundles_done_.empty()) return std::nullopt;
-  BundleAck a = std::move(bundles_done_.front());
-  bundles_done_.pop_front();
-  return a;
-}
+std::optional<BundleAck> Connection::TakeBundleAck() { return PopFront(bundles_done_); }
 
 Status Connection::Poll(std::chrono::milliseconds timeout) {
   if (!broken_.ok()) return broken_;
