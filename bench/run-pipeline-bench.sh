@@ -82,8 +82,8 @@ echo "sluiced pid $pid in $dir: durability $durability, workers $workers, maildi
      "$(nproc) cpus, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # CPU time in clock ticks (utime + stime) per thread of sluiced (named: the loop is "sluiced", the group
-# commit "sluiced-writer") and per worker process, as "name ticks" lines; then this shell's waited-for
-# children (pipeline-bench, once it has exited) and the machine's idle ticks.
+# commit "sluiced-writer") and per worker process, as "name ticks" lines, then the machine's idle
+# ticks. pipeline-bench reports its own CPU time when it ends.
 cpu_snapshot() {
   local t
   for t in /proc/"$pid"/task/*; do
@@ -96,7 +96,6 @@ for p in json.load(sys.stdin).get("plugins", []):
         if w.get("pid"): print(p["name"], w["pid"])' | while read -r name wpid; do
     awk -v n="worker:$name" '{sub(/^.*\) /, ""); print n, $12 + $13}' "/proc/$wpid/stat" 2>/dev/null
   done
-  awk '{sub(/^.*\) /, ""); print "pipeline-bench", $14 + $15}' /proc/$$/stat
   awk '/^cpu / {print "idle", $5}' /proc/stat
 }
 before=$(cpu_snapshot)
@@ -107,10 +106,12 @@ rc=0
 elapsed_ns=$(( $(date +%s%N) - started ))
 after=$(cpu_snapshot)
 # Per order placed, in microseconds of CPU: where the machine's budget goes (bench/README.md).
-python3 - "$dir/bench.out" "$elapsed_ns" "$(getconf CLK_TCK)" "$(nproc)" "$before" "$after" <<'PY'
+python3 - "$dir/bench.out" "$elapsed_ns" "$(getconf CLK_TCK)" "$(nproc)" "$before" "$after" <<'PY' || true
 import re, sys
 out, elapsed_ns, hz, cpus, before, after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
-placed = sum(int(m.group(1)) for m in re.finditer(r"^  run \d+: (\d+) placed", open(out).read(), re.M))
+text = open(out).read()
+placed = sum(int(m.group(1)) for m in re.finditer(r"^  run \d+: (\d+) placed", text, re.M))
+own = re.search(r"^pipeline-bench CPU: ([0-9.]+) s", text, re.M)
 def ticks(text):
     d = {}
     for line in text.splitlines():
@@ -120,6 +121,8 @@ def ticks(text):
 b, a = ticks(before), ticks(after)
 if placed:
     us = {k: (a[k] - b.get(k, 0)) / hz * 1e6 / placed for k in a if k != "idle"}
+    if own:
+        us["pipeline-bench"] = float(own.group(1)) * 1e6 / placed
     parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(us.items(), key=lambda kv: -kv[1]) if v >= 0.5)
     idle = (a["idle"] - b["idle"]) / hz / (elapsed_ns / 1e9 * cpus) * 100
     print(f"CPU per order placed (us): {parts}; total {sum(us.values()):.0f}; machine idle {idle:.0f}% of {cpus} cpus")

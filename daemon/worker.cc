@@ -64,6 +64,8 @@ constexpr auto kMaxSyncDelay = 50ms;
 // How long a finished run's Bundle or Ack may wait in the output while a pass goes on: long enough to
 // leave in few writes when handlers are fast, short against any ack_wait.
 constexpr auto kMaxOutputDelay = 2ms;
+// After a run that took kMaxOutputDelay or more, output is written before every run for this long.
+constexpr auto kSlowRunMemory = 1s;
 // How long an idle worker waits for the socket before it looks at its stop flag again.
 constexpr auto kIdlePoll = 100ms;
 constexpr auto kStatsInterval = 1s;
@@ -231,7 +233,10 @@ class Worker {
 
   int Setup();
   void Loop();
+  // Runs handle() for one delivery (HandleOne), writing the queued output first when runs have been
+  // slow lately.
   void RunOne(Held held);
+  void HandleOne(Held held);
   // Sends a run's bundle; its writes are in pending_ under the bundle's version already.
   void SendBundle(Held held, const client::BundleMessage& bundle);
   // A run without effects: its message is acked instead of getting a bundle.
@@ -268,6 +273,7 @@ class Worker {
   std::unordered_map<uint64_t, Sent> sent_;               // by bundle request id
   std::vector<Unsynced> unsynced_;                        // in run order; plugins with sync() only
   std::chrono::steady_clock::time_point written_at_;      // when the output was last written
+  std::chrono::steady_clock::time_point last_slow_run_;   // when a run last took kMaxOutputDelay or more
   std::chrono::steady_clock::time_point unsynced_since_;  // when the first of unsynced_ was run
   std::map<uint64_t, Held> reruns_;                       // by arrival order
   // Messages that were in hand when an earlier worker died. One is run only when this worker holds
@@ -444,6 +450,20 @@ void Worker::FlushCredit(bool all) {
 }
 
 void Worker::RunOne(Held held) {
+  auto started = std::chrono::steady_clock::now();
+  // Output waits to leave in few writes (WriteIfDue), which must not mean waiting for a slow run: when
+  // runs take long (an SMTP send), the outcomes of the runs before this one leave before it starts,
+  // so no lease expires on a message that is already handled.
+  if (started - last_slow_run_ < kSlowRunMemory) {
+    (void)conn_->WriteQueued();
+    written_at_ = started;
+  }
+  HandleOne(std::move(held));
+  auto ended = std::chrono::steady_clock::now();
+  if (ended - started >= kMaxOutputDelay) last_slow_run_ = ended;
+}
+
+void Worker::HandleOne(Held held) {
   const client::Delivery& d = held.delivery;
   const wire::Envelope& env = d.envelope();
   auto str = [](std::string_view s) { return sluice_str{s.data(), s.size()}; };
@@ -738,6 +758,7 @@ void Worker::Loop() {
         // The Acks queued so far must reach the broker first: if the suspect kills this worker, only
         // the messages still held count the crash.
         if (!conn_->Flush().ok()) break;
+        if (conn_->deliveries_queued() > 0) continue;  // the Flush read more: they go first
         Held held = std::move(quarantine_.front());
         quarantine_.pop_front();
         suspects_.erase(held.delivery.id());

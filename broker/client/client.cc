@@ -337,8 +337,8 @@ Status Connection::Pump(Clock::time_point deadline, bool until_flushed) {
     timespec wait{};
     const timespec* timeout = nullptr;
     if (deadline != Clock::time_point::max()) {
-      auto left = std::max<int64_t>(
-          0, std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - Clock::now()).count());
+      const auto now = Clock::now();  // compared first: deadline - now overflows for time_point::min()
+      auto left = deadline <= now ? 0 : std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now).count();
       wait.tv_sec = static_cast<time_t>(left / 1'000'000'000);
       wait.tv_nsec = static_cast<long>(left % 1'000'000'000);
       timeout = &wait;
@@ -738,7 +738,7 @@ Result<uint64_t> Connection::RequestAsync(const OutMessage& message, std::chrono
   SLUICE_RETURN_IF_ERROR(QueueRequest(id, message, timeout));
   pending_.emplace(id, Pending::kRequestAsync);
   ++requests_outstanding_;
-  SLUICE_RETURN_IF_ERROR(MaybeWrite());
+  (void)MaybeWrite();  // a broken connection shows in the next Poll, as for PublishAsync
   return id;
 }
 

@@ -262,7 +262,8 @@ class Connection {
   // that take them (Receive, TakeBundleAck, ...). OK after a read, kTimeout when nothing came, the
   // broken status once broken. Lets a caller wait for "whatever comes next" in one place.
   Status Poll(std::chrono::milliseconds timeout);
-  // Poll() with an absolute deadline, precise to the microsecond (a paced sender wakes on time).
+  // Poll() with an absolute deadline, not rounded up to a whole millisecond (a paced sender wakes on
+  // time, within the kernel's timer slack).
   Status PollUntil(std::chrono::steady_clock::time_point deadline);
   // Deliveries received and not yet taken by Receive().
   size_t deliveries_queued() const { return deliveries_.size(); }

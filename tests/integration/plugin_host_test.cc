@@ -219,6 +219,24 @@ TEST(PluginHostTest, ASlowPassSendsEachAckAsItsRunEnds) {
   EXPECT_EQ(d.Stop(), 0);
 }
 
+TEST(PluginHostTest, AFastRunsAckDoesNotWaitForTheSlowRunAfterIt) {
+  // slow0, fast1, slow2 in one pass (runs of 600 ms for the slow ones): fast1's Ack leaves before
+  // slow2 starts, so the broker counts 2 acked while slow2 still runs, not 1 and then 3 together.
+  DaemonProcess d(PluginDir());
+  ASSERT_TRUE(d.Start());
+  auto c = MustConnect(d);
+  ASSERT_NE(c, nullptr);
+  for (const char* payload : {"slow0", "fast1", "slow2"}) MustPublish(*c, "in", payload);
+  CommandResult load = LoadDropIn(d, "ignore", "config = { sleep_ms = 600, slow_prefix = \"slow\" }\n");
+  ASSERT_EQ(load.exit_code, 0) << load.out << load.err;
+  int64_t seen = 0;
+  ASSERT_TRUE(WaitUntil([&] { return (seen = Subscription(d, "in", "ignore").value("acked", 0)) >= 2; }, 20s));
+  EXPECT_EQ(seen, 2) << "fast1's Ack waited for slow2";
+  EXPECT_TRUE(WaitUntil([&] { return Subscription(d, "in", "ignore").value("acked", 0) == 3; }, 20s));
+  EXPECT_EQ(Subscription(d, "in", "ignore").value("redelivered", -1), 0);
+  EXPECT_EQ(d.Stop(), 0);
+}
+
 TEST(PluginHostTest, ACrashCountsOnlyAgainstTheMessagesStillHeld) {
   // Runs without effects are acked, not bundled. Before a suspect runs alone, those Acks must have
   // reached the broker: otherwise each crash of the suspect also counts against the quiet messages
