@@ -5,7 +5,10 @@
 // connects to the broker over the socket it inherited, subscribes every declared subscription with its
 // prefetch, then runs handle() for each delivery and sends the outcome: a Bundle of the run's effects on
 // SLUICE_OK (pipelined, up to kMaxBundlesInFlight unanswered), or a plain Ack when the run had no
-// effects and read nothing (no commit of its own), a Nack on RETRY or REJECT. For a plugin
+// effects and read nothing (no commit of its own), a Nack on RETRY or REJECT. Outcomes leave in few
+// writes: the queued output is written at the end of a pass, once a frame has waited 2 ms, and before
+// every run while runs are slow (2 ms or more), so a handled message's lease never waits on a slow run
+// after it. For a plugin
 // with a sync() callback, the bundles of the runs of one pass over the queued deliveries (up to 256,
 // and 50 ms after the first) wait until sync() has returned 0 for all of them; when it fails, their
 // messages are retried. A bundle refused as a conflict is run again with fresh reads once every earlier bundle is answered; one whose
