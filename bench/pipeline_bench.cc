@@ -6,13 +6,14 @@
 // Request frames on order.commands, as a storefront would, keeping --pipeline requests in flight on it
 // (default 1: a synchronous storefront, one thread per concurrent order; more is an asynchronous one
 // that multiplexes its orders over few connections, as a load generator like wrk does, so the
-// benchmark's own threads take less of the machine it measures). The concurrency is clients x pipeline. One more connection consumes order.events on its own durable subscription
-// (--subscription, start "latest") and takes the arrival of each OrderConfirmed / OrderCancelled,
-// matched by correlation id (the order id), as the moment the order reached its final state.
-// Per run it prints orders placed/s, orders/s to a final state, the placement reply latency and the
-// placement-to-CONFIRMED time (p50, p99, p99.9, max); with --maildir, also how long the notification
-// plugin took to write every thank-you mail. Each run places --orders orders; the median, min and max
-// over --runs runs are printed, as sluice-bench does.
+// benchmark's own threads take less of the machine it measures). The concurrency is clients x pipeline.
+// One more connection consumes order.events on its own durable subscription (--subscription, start
+// "latest") and takes the arrival of each OrderConfirmed / OrderCancelled, matched by correlation id
+// (the order id), as the moment the order reached its final state. Per run it prints orders placed/s,
+// orders/s to a final state, the placement reply latency and the placement-to-CONFIRMED time (p50, p99,
+// p99.9, max); with --maildir, also how long the notification plugin took to write every thank-you mail.
+// Each run places --orders orders; the median, min and max over --runs runs are printed, as sluice-bench
+// does.
 //
 // Threads: the client threads and the watcher thread share only an atomic order counter and the table
 // of placed orders waiting for their final event (under a mutex). Each Connection stays on its thread.

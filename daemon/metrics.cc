@@ -186,7 +186,8 @@ std::string RenderMetrics(const MetricsSources& s) {
     const char* help;
   };
   static const PluginSeries kPlugin[] = {
-      {"sluice_plugin_handled_total", "counter", "handled", "Messages the plugin's handlers completed: effects committed, or an Ack sent for a run without effects."},
+      {"sluice_plugin_handled_total", "counter", "handled",
+       "Messages the plugin's handlers completed: effects committed, or an Ack sent for a run without effects."},
       {"sluice_plugin_retried_total", "counter", "retried", "Handler runs that asked for a retry."},
       {"sluice_plugin_rejected_total", "counter", "rejected", "Handler runs that rejected their message."},
       {"sluice_plugin_restarts_total", "counter", "restarts", "Worker restarts."},

@@ -228,7 +228,6 @@ class Worker {
   struct Unsynced {
     Held held;
     client::BundleMessage bundle;
-    bool ack_only = false;  // see AckOnly()
   };
 
   int Setup();
@@ -237,12 +236,12 @@ class Worker {
   // slow lately.
   void RunOne(Held held);
   void HandleOne(Held held);
-  // Sends a run's bundle; its writes are in pending_ under the bundle's version already.
+  // Sends a run's bundle (its writes are in pending_ under the bundle's version already), or only an
+  // Ack when the run had no effects (AckOnly).
   void SendBundle(Held held, const client::BundleMessage& bundle);
-  // A run without effects: its message is acked instead of getting a bundle.
   void Acknowledge(const Held& held);
-  // Writes the queued output when its oldest frame has waited kMaxOutputDelay: a pass of slow
-  // handlers must not hold the outcomes of the runs it has finished.
+  // Writes the queued output once it was last written kMaxOutputDelay ago (so no frame has waited
+  // longer): a pass must not hold the outcomes of the runs it has finished.
   void WriteIfDue();
   // Calls the plugin's sync() for the runs in unsynced_, then sends their bundles (or, when it
   // fails, retries their messages).
@@ -558,21 +557,16 @@ void Worker::HandleOne(Held held) {
       bundle.consumer_id = d.consumer_id;
       bundle.delivery_id = d.delivery_id;
       bundle.version = NextVersion();
-      const bool ack_only = AckOnly(d, bundle);
-      if (!ack_only) pending_.Add(bundle.version, bundle.writes);
+      pending_.Add(bundle.version, bundle.writes);
       if (plugin_->callbacks().sync != nullptr) {
         if (unsynced_.empty()) unsynced_since_ = std::chrono::steady_clock::now();
-        unsynced_.push_back({std::move(held), std::move(bundle), ack_only});
+        unsynced_.push_back({std::move(held), std::move(bundle)});
         if (unsynced_.size() >= kMaxUnsynced || std::chrono::steady_clock::now() - unsynced_since_ >= kMaxSyncDelay) {
           SyncAndSend();
         }
         return;
       }
-      if (ack_only) {
-        Acknowledge(held);
-      } else {
-        SendBundle(std::move(held), bundle);
-      }
+      SendBundle(std::move(held), bundle);
       return;
     }
     case SLUICE_RETRY:
@@ -597,6 +591,10 @@ void Worker::HandleOne(Held held) {
 
 void Worker::SendBundle(Held held, const client::BundleMessage& bundle) {
   const client::Delivery& d = held.delivery;
+  if (AckOnly(d, bundle)) {
+    Acknowledge(held);
+    return;
+  }
   auto request = conn_->BundleAsync(bundle);
   if (!request.ok()) {
     pending_.Remove(bundle.version);
@@ -648,13 +646,7 @@ void Worker::SyncAndSend() {
   watchdog_.Disarm();
   if (in_hand_ != nullptr) in_hand_->busy.store(0, std::memory_order_release);
   if (rc == 0) {
-    for (Unsynced& u : batch) {
-      if (u.ack_only) {
-        Acknowledge(u.held);
-      } else {
-        SendBundle(std::move(u.held), u.bundle);
-      }
-    }
+    for (Unsynced& u : batch) SendBundle(std::move(u.held), u.bundle);
     return;
   }
   std::string why = rc < 0 ? fmt::format("sync() failed: {}", std::strerror(-rc))
@@ -662,7 +654,7 @@ void Worker::SyncAndSend() {
   log::Warning("{}; retrying the {} messages handled since the last sync", why, batch.size());
   for (Unsynced& u : batch) {
     const client::Delivery& d = u.held.delivery;
-    if (!u.ack_only) pending_.Remove(u.bundle.version);
+    pending_.Remove(u.bundle.version);
     ++counts_.retried;
     (void)conn_->Nack(d.consumer_id, d.delivery_id, 0, false, why);
     Finished(u.held);

@@ -1,18 +1,18 @@
 // SPDX-License-Identifier: MIT
 //
-// Worker mode (`sluiced --worker`, started only by the supervisor): one process runs one instance of
-// one plugin. It loads the plugin and checks its descriptor, reports it to the supervisor, calls init(),
+// Worker mode (`sluiced --worker`, started only by the supervisor): one process runs one instance of one
+// plugin. It loads the plugin and checks its descriptor, reports it to the supervisor, calls init(),
 // connects to the broker over the socket it inherited, subscribes every declared subscription with its
 // prefetch, then runs handle() for each delivery and sends the outcome: a Bundle of the run's effects on
 // SLUICE_OK (pipelined, up to kMaxBundlesInFlight unanswered), or a plain Ack when the run had no
 // effects and read nothing (no commit of its own), a Nack on RETRY or REJECT. Outcomes leave in few
 // writes: the queued output is written at the end of a pass, once a frame has waited 2 ms, and before
 // every run while runs are slow (2 ms or more), so a handled message's lease never waits on a slow run
-// after it. For a plugin
-// with a sync() callback, the bundles of the runs of one pass over the queued deliveries (up to 256,
-// and 50 ms after the first) wait until sync() has returned 0 for all of them; when it fails, their
-// messages are retried. A bundle refused as a conflict is run again with fresh reads once every earlier bundle is answered; one whose
-// lease was lost is dropped (the message went to another consumer).
+// after it. For a plugin with a sync() callback, the bundles of the runs of one pass over the queued
+// deliveries (up to 256, and 50 ms after the first) wait until sync() has returned 0 for all of them;
+// when it fails, their messages are retried. A bundle refused as a conflict is run again with fresh
+// reads once every earlier bundle is answered; one whose lease was lost is dropped (the message went to
+// another consumer).
 //
 // Talking to the supervisor: besides the broker socket, the worker writes one JSON object per line to
 // `status_fd`: {"event":"loaded", name, version, publishes, subscriptions} once the descriptor checked
