@@ -388,7 +388,10 @@ void LmdbBackend::ProcessWork() {
   work_scheduled_ = false;
   std::vector<Batch> batches;
   writer_->TakeCompleted(&batches);
-  for (Batch& b : batches) ApplyBatch(b);
+  for (Batch& b : batches) {
+    ApplyBatch(b);
+    writer_->Recycle(&b.ops);
+  }
   if (!immediate_.empty()) {
     std::vector<std::function<void()>> fns;
     fns.swap(immediate_);

@@ -253,6 +253,15 @@ void Writer::RunSyncer() {
   }
 }
 
+void Writer::Recycle(std::vector<WriteOp>* ops) {
+  // A spike's batch is not kept: 4096 ops are about 4 MB.
+  constexpr size_t kMaxSpareOps = 4096;
+  if (ops->capacity() > kMaxSpareOps) return;
+  ops->clear();
+  std::lock_guard lock(mu_);
+  if (ops->capacity() > spare_.capacity()) spare_.swap(*ops);
+}
+
 void Writer::Run() {
   using Clock = std::chrono::steady_clock;
   const bool pipelined = config_.durability == Durability::kSync;
@@ -293,6 +302,7 @@ void Writer::Run() {
     }
     Batch batch;
     batch.ops.swap(queue_);
+    queue_.swap(spare_);
     eager_queued_ = 0;
     committing_ = true;
     lock.unlock();
