@@ -8,7 +8,7 @@
 // A mail is an outside effect, so it is at-least-once: a worker that dies after sending but before its
 // ack commits sends again on redelivery. Each mail is named by the event id — Message-ID
 // <event-id@sluice>, Maildir file "<seconds>.<event-id>.sluice" — so a resend carries the same
-// Message-ID, and a Maildir resend finds its file in new/ and writes nothing.
+// Message-ID, and a Maildir resend finds its file in new/ and is discarded.
 //
 // Failures: SMTP unreachable, a timeout, a 4xx, or a 5xx that is not about the recipient or the
 // message (MAIL FROM, AUTH: a relay or config problem) is a retry with exponential backoff
@@ -16,12 +16,20 @@
 // RCPT TO or to the message data) is a reject: dead-lettered with the server's answer. A Maildir write
 // error is a retry.
 //
-// Maildir durability (`maildir_fsync`, default on): Handle writes the mail under tmp/ only; Sync, which
-// the host calls before it acks any of the messages handled since the last Sync, makes all of them
-// durable at once (one syncfs of the Maildir's file system), renames them into new/ and fsyncs new/.
-// So a burst of N mails costs two syncs instead of 2N, and an acked mail is always on disk. syncfs
-// reports writeback errors since Linux 5.8 (Debian 12 ships 6.1). A failed Sync retries every message
-// it covered with the subscription's backoff (the worker nacks them), not retry_base_ms.
+// Maildir delivery: a mail is written whole into a file that no reader sees, then linked into new/.
+// The file is an unnamed O_TMPFILE inode in tmp/ (named through /proc/self/fd when it is linked), or,
+// where the file system has no O_TMPFILE, tmp/<name>.<pid>, linked and then unlinked. The link fails
+// when new/ has the name already: that is a resend, and the first mail stays. Compared with a named tmp/
+// file renamed into new/, this saves a directory entry in tmp/, its removal, and a stat of new/ per
+// mail: a third of the plugin's CPU in the order pipeline. A crash before the link leaves nothing
+// behind; O_TMPFILE inodes vanish with the process.
+//
+// Maildir durability (`maildir_fsync`, default on): Handle only writes the mail; Sync, which the host
+// calls before it acks any of the messages handled since the last Sync, makes all of them durable at
+// once (one syncfs of the Maildir's file system), links them into new/ and fsyncs new/. So a burst of N
+// mails costs two syncs instead of 2N, and an acked mail is always on disk. syncfs reports writeback
+// errors since Linux 5.8 (Debian 12 ships 6.1). A failed Sync retries every message it covered with
+// the subscription's backoff (the worker nacks them), not retry_base_ms.
 //
 // Threading: the host calls Init, Handle and Sync on one thread, one at a time (plugin.h); a send blocks
 // the handler for at most the configured SMTP timeout.
@@ -229,8 +237,8 @@ int MakeDir(const std::string& path) {
   return -errno;
 }
 
-// A worker that died between writing a mail and Sync left it under tmp/ (its redelivery writes a new
-// one under another pid). Maildir readers ignore tmp/; this removes what is older than any write in
+// A worker that died between writing a named mail and Sync left it under tmp/ (its redelivery writes a
+// new one under another pid). Maildir readers ignore tmp/; this removes what is older than any write in
 // progress can be. Returns how many it removed.
 constexpr int64_t kStaleTmpSeconds = 3600;
 
@@ -250,6 +258,21 @@ int RemoveStaleTmp(const std::string& tmp_dir, int64_t now_seconds) {
 // (a lease that expired), and must not write into one file.
 std::string TmpSuffix() { return "." + std::to_string(getpid()); }
 
+std::string ProcFdPath(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
+
+// Whether mails in `dir` can be written as O_TMPFILE inodes and linked by their /proc/self/fd path:
+// the file system must support O_TMPFILE and /proc must be mounted.
+bool TmpfileLinkWorks(const std::string& dir) {
+  int fd = open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+  if (fd < 0) return false;
+  const std::string probe = dir + "/.probe" + TmpSuffix();
+  unlink(probe.c_str());
+  bool linked = linkat(AT_FDCWD, ProcFdPath(fd).c_str(), AT_FDCWD, probe.c_str(), AT_SYMLINK_FOLLOW) == 0;
+  if (linked) unlink(probe.c_str());
+  close(fd);
+  return linked;
+}
+
 int WriteAll(int fd, std::string_view data) {
   while (!data.empty()) {
     ssize_t n = write(fd, data.data(), data.size());
@@ -265,6 +288,7 @@ int WriteAll(int fd, std::string_view data) {
 class NotificationPlugin final : public sdk::Plugin {
  public:
   ~NotificationPlugin() override {
+    for (PendingMail& p : pending_) Discard(&p);
     smtp_.reset();
     if (curl_initialized_) curl_global_cleanup();
   }
@@ -280,6 +304,17 @@ class NotificationPlugin final : public sdk::Plugin {
   sdk::Result WriteMaildir(const Mail& mail, const sdk::Message& m, sdk::Context& ctx);
   sdk::Result Backoff(const sdk::Message& m, const std::string& why) const;
 
+  // A mail written in full but not yet in new/.
+  struct PendingMail {
+    std::string name;  // its name in new/
+    int fd = -1;       // the unnamed O_TMPFILE inode, or -1: the file tmp/<name><TmpSuffix()>
+  };
+  // Writes `message` into a file no reader sees; 0 or -errno (then nothing is left behind).
+  int CreateMail(PendingMail* p, std::string_view message);
+  // Links the mail into new/ and lets go of its file; 0 also when new/ has it already (a resend).
+  int LinkIntoNew(PendingMail* p);
+  void Discard(PendingMail* p);
+
   bool send_confirmation_ = false;
   std::string from_ = "orders@example.com";
   std::string from_name_ = "sluice shop";
@@ -289,9 +324,14 @@ class NotificationPlugin final : public sdk::Plugin {
   int64_t retry_max_ms_ = 300'000;
   std::unique_ptr<SmtpSender> smtp_;
   bool curl_initialized_ = false;
-  // Mails under tmp/ that Sync moves into new/: their names in new/ (under tmp/ with TmpSuffix()).
-  std::vector<std::string> unsynced_;
-  bool recheck_new_ = false;  // Sync fsyncs new/ even when it has no mail to move
+  // The mails Sync makes durable and links into new/.
+  std::vector<PendingMail> pending_;
+  bool use_tmpfile_ = false;
+  // O_TMPFILE inodes held open in pending_: past the cap, mails are named files under tmp/, so that a
+  // long run before Sync cannot exhaust the worker's file descriptors (a soft limit of 1024).
+  size_t open_mails_ = 0;
+  static constexpr size_t kMaxOpenMails = 512;
+  const sluice_host_api* api_ = nullptr;
 };
 
 int NotificationPlugin::Init(const sdk::InitInfo& info) {
@@ -353,7 +393,10 @@ int NotificationPlugin::Init(const sdk::InitInfo& info) {
       return rc;
     }
   }
-  info.Log(SLUICE_LOG_INFO, "no [smtp] relay configured: writing mail to the Maildir " + maildir_);
+  api_ = info.api;
+  use_tmpfile_ = TmpfileLinkWorks(maildir_ + "/tmp");
+  info.Log(SLUICE_LOG_INFO, "no [smtp] relay configured: writing mail to the Maildir " + maildir_ +
+                                (use_tmpfile_ ? "" : " (no O_TMPFILE or /proc there: through named files in tmp/)"));
   if (int removed = RemoveStaleTmp(maildir_ + "/tmp", static_cast<int64_t>(time(nullptr))); removed > 0) {
     info.Log(SLUICE_LOG_NOTICE, "removed " + std::to_string(removed) + " unfinished mails older than an hour from " +
                                     maildir_ + "/tmp (left by a worker that died before they were synced)");
@@ -526,68 +569,95 @@ sdk::Result NotificationPlugin::Deliver(const Mail& mail, const sdk::Message& m,
 
 sdk::Result NotificationPlugin::WriteMaildir(const Mail& mail, const sdk::Message& m, sdk::Context& ctx) {
   int64_t date_us = m.publish_time_us() > 0 ? m.publish_time_us() : ctx.NowUs();
-  std::string name = std::to_string(date_us / 1'000'000) + "." + m.id() + ".sluice";
-  std::string final_path = maildir_ + "/new/" + name;
-  struct stat st {};
-  if (stat(final_path.c_str(), &st) == 0 ||
-      std::find(unsynced_.begin(), unsynced_.end(), name) != unsynced_.end()) {
-    // A retry after a failed Sync may find its mail renamed but new/ not yet synced.
-    recheck_new_ = maildir_fsync_;
-    ctx.Log(SLUICE_LOG_INFO, "mail of event " + m.id() + " is in the Maildir already: not written again");
+  PendingMail p{std::to_string(date_us / 1'000'000) + "." + m.id() + ".sluice"};
+  const std::string final_path = maildir_ + "/new/" + p.name;
+  if (std::any_of(pending_.begin(), pending_.end(), [&](const PendingMail& q) { return q.name == p.name; })) {
+    ctx.Log(SLUICE_LOG_INFO, "mail of event " + m.id() + " is written already and waits for sync: not written again");
     return sdk::Result::Ok();
   }
-  // Maildir delivery: write under tmp/, then rename into new/, so a reader never sees half a mail.
-  std::string tmp_path = maildir_ + "/tmp/" + name + TmpSuffix();
-  std::string message = Render(mail, m, date_us, "\n");
-  int fd = open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return Backoff(m, "Maildir: open " + tmp_path + ": " + std::strerror(errno));
-  int rc = WriteAll(fd, message);
-  if (close(fd) != 0 && rc == 0) rc = -errno;
+  int rc = CreateMail(&p, Render(mail, m, date_us, "\n"));
   if (rc == 0 && maildir_fsync_) {
-    // Sync() makes it durable and moves it into new/ before the message is acked.
-    unsynced_.push_back(name);
-    ctx.Log(SLUICE_LOG_DEBUG, mail.kind + " mail for " + mail.order_id + " written to " + tmp_path);
+    // Sync() makes it durable and links it into new/ before the message is acked.
+    pending_.push_back(std::move(p));
+    ctx.Log(SLUICE_LOG_DEBUG, mail.kind + " mail for " + mail.order_id + " written, for " + final_path);
     return sdk::Result::Ok();
   }
-  if (rc == 0 && rename(tmp_path.c_str(), final_path.c_str()) != 0) rc = -errno;
-  if (rc != 0) {
-    unlink(tmp_path.c_str());
-    return Backoff(m, "Maildir: writing " + final_path + ": " + std::strerror(-rc));
-  }
+  if (rc == 0) rc = LinkIntoNew(&p);
+  if (rc != 0) return Backoff(m, "Maildir: writing " + final_path + ": " + std::strerror(-rc));
   ctx.Log(SLUICE_LOG_DEBUG, mail.kind + " mail for " + mail.order_id + " written to " + final_path);
   return sdk::Result::Ok();
 }
 
+int NotificationPlugin::CreateMail(PendingMail* p, std::string_view message) {
+  const std::string tmp = maildir_ + "/tmp";
+  int fd = -1;
+  if (use_tmpfile_ && open_mails_ < kMaxOpenMails) fd = open(tmp.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+  if (fd >= 0) {
+    ++open_mails_;
+    p->fd = fd;
+    int rc = WriteAll(fd, message);
+    if (rc != 0) Discard(p);
+    return rc;
+  }
+  const std::string path = tmp + "/" + p->name + TmpSuffix();
+  fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return -errno;
+  int rc = WriteAll(fd, message);
+  if (close(fd) != 0 && rc == 0) rc = -errno;
+  if (rc != 0) unlink(path.c_str());
+  return rc;
+}
+
+int NotificationPlugin::LinkIntoNew(PendingMail* p) {
+  const std::string target = maildir_ + "/new/" + p->name;
+  int rc = 0;
+  if (p->fd >= 0) {
+    if (linkat(AT_FDCWD, ProcFdPath(p->fd).c_str(), AT_FDCWD, target.c_str(), AT_SYMLINK_FOLLOW) != 0) rc = -errno;
+  } else if (link((maildir_ + "/tmp/" + p->name + TmpSuffix()).c_str(), target.c_str()) != 0) {
+    rc = -errno;
+  }
+  Discard(p);
+  if (rc == -EEXIST) {
+    // A resend after a crash (or after a Sync that failed later): the first mail stays, unchanged.
+    api_->log(nullptr, SLUICE_LOG_INFO, (target + " is in the Maildir already: this resend is dropped").c_str());
+    rc = 0;
+  }
+  return rc;
+}
+
+void NotificationPlugin::Discard(PendingMail* p) {
+  if (p->fd >= 0) {
+    close(p->fd);
+    p->fd = -1;
+    --open_mails_;
+  } else {
+    unlink((maildir_ + "/tmp/" + p->name + TmpSuffix()).c_str());
+  }
+}
+
 int NotificationPlugin::Sync() {
-  if (unsynced_.empty() && !recheck_new_) return 0;
-  recheck_new_ = false;
-  std::vector<std::string> names;
-  names.swap(unsynced_);
-  const std::string tmp = maildir_ + "/tmp/";
-  const std::string suffix = TmpSuffix();
+  if (pending_.empty()) return 0;
+  std::vector<PendingMail> mails;
+  mails.swap(pending_);
   const std::string fresh = maildir_ + "/new/";
   int rc = 0;
   int dir = open(fresh.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir < 0) rc = -errno;
-  // One syncfs writes every mail's data (and its tmp/ entry) and flushes the device once; fsyncing
-  // the files one by one would cost a device flush each.
-  if (rc == 0 && !names.empty() && syncfs(dir) != 0) rc = -errno;
-  size_t moved = 0;
-  while (rc == 0 && moved < names.size()) {
-    if (rename((tmp + names[moved] + suffix).c_str(), (fresh + names[moved]).c_str()) != 0) {
-      rc = -errno;
+  // One syncfs writes every mail's data and flushes the device once; fsyncing the files one by one
+  // would cost a device flush each.
+  if (rc == 0 && syncfs(dir) != 0) rc = -errno;
+  // After a failure the rest are discarded: every message of this run is retried and writes its mail
+  // again, and a mail that did reach new/ is found there and kept.
+  for (PendingMail& p : mails) {
+    if (rc == 0) {
+      rc = LinkIntoNew(&p);
     } else {
-      ++moved;
+      Discard(&p);
     }
   }
-  // The renames are durable only once new/ is: until then a crash could lose an acked mail.
+  // The links are durable only once new/ is: until then a crash could lose an acked mail.
   if (rc == 0 && fsync(dir) != 0) rc = -errno;
   if (dir >= 0) close(dir);
-  if (rc != 0) {
-    // Every message of this run is retried and writes its mail again; a mail that did reach new/ is
-    // found there and not written twice.
-    for (size_t i = moved; i < names.size(); ++i) unlink((tmp + names[i] + suffix).c_str());
-  }
   return rc;
 }
 

@@ -142,9 +142,10 @@ TEST(NotificationPlugin, AMailReachesNewOnlyThroughSyncAndACrashBeforeItLosesNot
   ASSERT_TRUE(host);
   const fs::path maildir = fs::path(host->data_dir()) / "Maildir";
   InMessage m = Created("ord-3", "ann@example.com", *host);
-  // handle() wrote the mail under tmp/; the worker died before sync(), so nothing was acked.
+  // handle() wrote the mail into an unnamed O_TMPFILE inode; the worker died before sync(), so nothing
+  // was acked, and nothing is left behind.
   host->Handle(m, Commit::kCrashBeforeSync);
-  EXPECT_EQ(Files(maildir / "tmp").size(), 1u);
+  EXPECT_TRUE(Files(maildir / "tmp").empty());
   EXPECT_TRUE(Files(maildir / "new").empty());
   ASSERT_TRUE(host->Restart().ok());
   m.delivery_count = 2;
@@ -153,6 +154,31 @@ TEST(NotificationPlugin, AMailReachesNewOnlyThroughSyncAndACrashBeforeItLosesNot
   ASSERT_EQ(delivered.size(), 1u);
   EXPECT_EQ(Header(ReadFile(delivered[0]), "X-Sluice-Order-Id"), "ord-3");
   EXPECT_TRUE(Files(maildir / "tmp").empty());
+}
+
+size_t OpenFileDescriptors() {
+  return static_cast<size_t>(std::distance(fs::directory_iterator("/proc/self/fd"), fs::directory_iterator()));
+}
+
+// The plugin holds at most 512 unnamed mails open until sync() (kMaxOpenMails); past that it writes
+// named files under tmp/, which is also how it works on a file system without O_TMPFILE.
+TEST(NotificationPlugin, PastTheOpenFileCapMailsWaitForSyncAsNamedFilesInTmp) {
+  constexpr size_t kMaxOpenMails = 512;
+  auto host = LoadNotification();
+  ASSERT_TRUE(host);
+  const fs::path maildir = fs::path(host->data_dir()) / "Maildir";
+  const size_t fds_before = OpenFileDescriptors();
+  for (size_t i = 0; i < kMaxOpenMails + 2; ++i) {
+    host->Handle(Created("ord-" + std::to_string(i), "ann@example.com", *host), Commit::kCrashBeforeSync);
+  }
+  EXPECT_EQ(OpenFileDescriptors(), fds_before + kMaxOpenMails);
+  EXPECT_EQ(Files(maildir / "tmp").size(), 2u);
+  EXPECT_TRUE(Files(maildir / "new").empty());
+  // This run's sync() makes every mail written since the last one durable and links it into new/.
+  ASSERT_TRUE(host->Handle(Created("ord-last", "ann@example.com", *host)).committed);
+  EXPECT_EQ(Files(maildir / "new").size(), kMaxOpenMails + 3);
+  EXPECT_TRUE(Files(maildir / "tmp").empty());
+  EXPECT_EQ(OpenFileDescriptors(), fds_before);
 }
 
 TEST(NotificationPlugin, UnfinishedMailsOlderThanAnHourAreRemovedFromTmpAtStart) {
