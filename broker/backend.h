@@ -13,6 +13,7 @@
 // retention with a fake clock and call RunTimers() instead of sleeping.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -185,6 +186,8 @@ struct StoreMetrics {
   Histogram commit_batch_ops{Histogram::SizeBounds()};     // operations per group commit
   Histogram commit_seconds{Histogram::LatencyBounds()};    // one commit (with its fsync when "sync")
   Histogram sync_seconds{Histogram::LatencyBounds()};      // explicit syncs ("batch" durability)
+  std::atomic<uint64_t> file_bytes{0};                     // the store file's size, preallocation included
+  std::atomic<uint64_t> preallocate_failures{0};           // failed writes ahead of the store (ENOSPC)
 };
 
 class Backend {

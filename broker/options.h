@@ -24,6 +24,7 @@ struct BrokerConfig {
   Duration batch_interval = Duration(10);      // durability = "batch": longest time between fsyncs
   uint64_t map_size = 64ull << 20;             // initial LMDB map size
   uint64_t max_map_size = 8ull << 30;          // the map grows up to this, then publishes are refused
+  uint64_t preallocate = 32ull << 20;          // zero-filled file kept ahead of the last page (Env); 0 = off
   bool auto_create_topics = true;
   Duration dedupe_window = std::chrono::minutes(2);
   uint64_t max_message_bytes = 1 << 20;        // largest envelope accepted by Publish

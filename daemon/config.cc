@@ -621,6 +621,7 @@ const std::vector<KeyDef<BrokerConfig>>& BrokerKeys() {
       K::Dur("batch_interval", &C::batch_interval, milliseconds(1), seconds(10)).Restart(),
       K::Size("map_size", &C::map_size, kMiB).Restart(),
       K::Size("max_map_size", &C::max_map_size, kMiB).Restart(),
+      K::Size("preallocate", &C::preallocate, 0, 1024 * kMiB).Restart(),
       K::Bool("auto_create_topics", &C::auto_create_topics).Restart(),
       K::Dur("dedupe_window", &C::dedupe_window, Duration(0), 7 * kDay).Restart(),
       K::Size("max_message_bytes", &C::max_message_bytes, kKiB, 256 * kMiB),

@@ -162,6 +162,11 @@ std::string RenderMetrics(const MetricsSources& s) {
       w.Histo("sluice_commit_seconds", "Duration of one group commit, with its fsync under durability = sync.",
               m->commit_seconds);
       w.Histo("sluice_sync_seconds", "Duration of an explicit fsync under durability = batch.", m->sync_seconds);
+      w.Family("sluice_store_file_bytes", "gauge", "Size of the store file data.mdb, its preallocated tail included.");
+      w.Sample("sluice_store_file_bytes", "", m->file_bytes.load(std::memory_order_relaxed));
+      w.Family("sluice_store_preallocate_failures_total", "counter",
+               "Failed writes of the store file's preallocated tail (a full disk): retried after 10 s.");
+      w.Sample("sluice_store_preallocate_failures_total", "", m->preallocate_failures.load(std::memory_order_relaxed));
     }
   }
   if (s.service != nullptr) {

@@ -1,10 +1,15 @@
 // SPDX-License-Identifier: MIT
 #include "broker/store/lmdb_env.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <memory>
 #include <mutex>
 #include <system_error>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -117,7 +122,52 @@ Result<std::unique_ptr<Env>> Env::Open(const std::filesystem::path& data_dir, co
   }
   rc = mdb_txn_commit(txn);
   if (rc != 0) return LmdbStatus(rc, "committing the open transaction");
+  MDB_stat stat;
+  struct stat st {};
+  mdb_filehandle_t fd;
+  if (mdb_env_stat(e->env_, &stat) == 0 && mdb_env_get_fd(e->env_, &fd) == 0 && fstat(fd, &st) == 0) {
+    e->page_size_ = stat.ms_psize;
+    e->file_end_ = static_cast<uint64_t>(st.st_size);
+    e->preallocate_ = config.preallocate;
+  }
+  (void)e->Preallocate(config.preallocate);  // a failure shows again at the writer's first try
   return e;
+}
+
+Status Env::Preallocate(uint64_t max_bytes) {
+  if (preallocate_ == 0 || std::chrono::steady_clock::now() < preallocate_after_) return Status::Ok();
+  MDB_envinfo info;
+  if (mdb_env_info(env_, &info) != 0) return Status::Ok();
+  const uint64_t used = (info.me_last_pgno + 1) * page_size_;
+  // LMDB's commits extend the file themselves when they outgrow the tail; they never write past
+  // `used`, so nothing below it may be written here.
+  file_end_ = std::max(file_end_, used);
+  const uint64_t ahead = std::min(preallocate_, std::max<uint64_t>(1 << 20, used / 4));
+  // Refill from half: every extension costs the next commit's flush an inode write, so extend in a
+  // few runs, not a little after every commit.
+  if (!refilling_ && file_end_ >= used + ahead / 2) return Status::Ok();
+  const uint64_t full = std::min(used + ahead, map_size_);
+  const uint64_t target = std::min(full, file_end_ + max_bytes);
+  refilling_ = target < full;
+  static const std::vector<char> kZeros(1 << 20, 0);
+  mdb_filehandle_t fd;
+  if (mdb_env_get_fd(env_, &fd) != 0) return Status::Ok();
+  while (file_end_ < target) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(kZeros.size(), target - file_end_));
+    ssize_t written = pwrite(fd, kZeros.data(), n, static_cast<off_t>(file_end_));
+    if (written < 0 && errno == EINTR) continue;
+    if (written <= 0) {
+      const int err = written < 0 ? errno : EIO;
+      // The file may end inside a page now; LMDB writes whole pages, so that is harmless.
+      struct stat st {};
+      if (fstat(fd, &st) == 0) file_end_ = static_cast<uint64_t>(st.st_size);
+      refilling_ = false;
+      preallocate_after_ = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      return LmdbStatus(err, fmt::format("preallocating {}", (path_ / "data.mdb").string()));
+    }
+    file_end_ += static_cast<uint64_t>(written);
+  }
+  return Status::Ok();
 }
 
 Env::~Env() {

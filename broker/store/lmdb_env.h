@@ -14,6 +14,7 @@
 
 #include <lmdb.h>
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <shared_mutex>
@@ -63,6 +64,17 @@ class Env {
   // Flushes buffers to disk (durability "batch"/"none", and Close).
   Status Sync();
 
+  // Keeps data.mdb allocated and zero-filled ahead of LMDB's last page: min(preallocate, a quarter of
+  // what is used, at least 1 MiB), never past the map, refilled when half of it is used, `max_bytes`
+  // per call. A commit that writes past the end of the file makes its flush write the inode too (the
+  // size and the new extents: on ext4 an inode write, or with a journal a journal commit); inside the
+  // file the flush writes data pages only. After a failed write (ENOSPC) the next try waits 10 s, and
+  // LMDB's own writes extend the file as before. Only the writer calls this, with no write transaction
+  // open (or Open, before there is a writer). Returns the failed write's error.
+  Status Preallocate(uint64_t max_bytes = 1ull << 20);
+  // data.mdb's size as of the last Preallocate() or Open.
+  uint64_t file_size() const { return file_end_; }
+
  private:
   Env() = default;
 
@@ -72,6 +84,11 @@ class Env {
   uint64_t map_size_ = 0;
   uint64_t max_map_size_ = 0;
   std::filesystem::path path_;
+  uint64_t preallocate_ = 0;
+  uint64_t page_size_ = 0;
+  uint64_t file_end_ = 0;  // data.mdb's size (at least: LMDB's commits may have made it longer)
+  bool refilling_ = false;
+  std::chrono::steady_clock::time_point preallocate_after_{};  // after a failed write
 };
 
 // A read-only transaction on the loop thread, reset (not freed) between uses. Begin() takes the resize

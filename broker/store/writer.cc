@@ -127,6 +127,7 @@ Status Writer::Load() {
 
 void Writer::Start() {
   started_ = true;
+  Preallocate();  // also shows the file's size before the first commit
   if (config_.durability == Durability::kSync) {
     // The last commit of a previous run may have left its meta page in the OS cache only (a crash of
     // the process): flush it before anything is answered from it.
@@ -253,6 +254,13 @@ void Writer::RunSyncer() {
   }
 }
 
+void Writer::Preallocate() {
+  Status s = env_->Preallocate();
+  if (metrics_ == nullptr) return;
+  if (!s.ok()) metrics_->preallocate_failures.fetch_add(1, std::memory_order_relaxed);
+  metrics_->file_bytes.store(env_->file_size(), std::memory_order_relaxed);
+}
+
 void Writer::Recycle(std::vector<WriteOp>* ops) {
   // A spike's batch is not kept: 4096 ops are about 4 MB.
   constexpr size_t kMaxSpareOps = 4096;
@@ -321,18 +329,22 @@ void Writer::Run() {
     if (!pipelined) {
       completed_.push_back(std::move(batch));
       notify_();
-      continue;
+    } else {
+      // The new messages are readable now: their topics go over for delivery first.
+      Batch readable;
+      readable.topics = std::move(batch.topics);
+      batch.topics.clear();
+      completed_.push_back(std::move(readable));
+      // This commit's flush carried the meta pages of every transaction before it.
+      if (txn_id != 0) ReleaseDurable(txn_id - 1, Status::Ok());
+      HoldUntilDurable(std::move(batch), txn_id);
+      notify_();
+      if (eager_queued_ == 0) syncer_cv_.notify_one();
     }
-    // The new messages are readable now: their topics go over for delivery first.
-    Batch readable;
-    readable.topics = std::move(batch.topics);
-    batch.topics.clear();
-    completed_.push_back(std::move(readable));
-    // This commit's flush carried the meta pages of every transaction before it.
-    if (txn_id != 0) ReleaseDurable(txn_id - 1, Status::Ok());
-    HoldUntilDurable(std::move(batch), txn_id);
-    notify_();
-    if (eager_queued_ == 0) syncer_cv_.notify_one();
+    // After the hand-off, so that no delivery or ack waits for it.
+    lock.unlock();
+    Preallocate();
+    lock.lock();
   }
   if (pipelined && !held_.empty()) {
     const size_t target = last_txn_id_;

@@ -112,6 +112,9 @@ TEST(MetricsTest, HttpScrapeShowsTheTrafficSent) {
   EXPECT_EQ(Value(body, "sluice_subscription_in_flight{" + sub + "}"), 2);
   EXPECT_GE(Value(body, "sluice_publish_ack_seconds_count"), 7);
   EXPECT_GE(Value(body, "sluice_commit_seconds_count"), 1);
+  // The store file is preallocated (broker.preallocate, default 32MiB: 1MiB ahead of a small store).
+  EXPECT_GE(Value(body, "sluice_store_file_bytes"), 1 << 20);
+  EXPECT_EQ(Value(body, "sluice_store_preallocate_failures_total"), 0);
   EXPECT_GT(Value(body, "process_resident_memory_bytes"), 0);
   EXPECT_GT(Value(body, "process_open_fds"), 0);
   EXPECT_THAT(body, HasSubstr("# TYPE sluice_publish_ack_seconds histogram"));

@@ -788,7 +788,7 @@ TEST(KnownConfigKeysTest, ListsEverySectionOnce) {
   const std::vector<std::string> keys = KnownConfigKeys();
   const std::set<std::string> unique(keys.begin(), keys.end());
   EXPECT_EQ(unique.size(), keys.size());
-  EXPECT_EQ(keys.size(), 10u + 9u + 1u + 6u + 12u + 11u);
+  EXPECT_EQ(keys.size(), 10u + 10u + 1u + 6u + 12u + 11u);
   for (const char* key :
        {"daemon.data_dir", "daemon.shutdown_timeout", "broker.durability", "broker.default_ack_wait",
         "topic.name", "topic.retention_max_bytes", "subscription.topic", "subscription.start",

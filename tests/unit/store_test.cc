@@ -1,14 +1,19 @@
 // SPDX-License-Identifier: MIT
 //
 // Store-level tests (broker/store/): key encoding order, value headers, the ack window, the format
-// version check and LMDB error mapping. Semantics are tested against the Backend interface in
+// version check, the preallocated file tail and LMDB error mapping. Semantics are tested against the Backend interface in
 // backend_semantics_test.cc.
 #include <lmdb.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
 
 #include <gtest/gtest.h>
@@ -221,6 +226,139 @@ TEST(EnvTest, DataDirThatIsAFileIsAnIoError) {
   ASSERT_FALSE(env.ok());
   EXPECT_EQ(env.status().code(), StatusCode::kIoError);
   EXPECT_NE(env.status().message().find("not-a-dir"), std::string::npos) << env.status().message();
+}
+
+// Commits `mib` values of 1 MiB each under new keys (overflow pages: `mib` MiB more of the file used).
+void PutMebibytes(Env& env, int mib, int first_key = 0) {
+  MDB_txn* txn = nullptr;
+  ASSERT_EQ(mdb_txn_begin(env.env(), nullptr, 0, &txn), 0);
+  std::string value(1 << 20, 'v');
+  for (int i = first_key; i < first_key + mib; ++i) {
+    std::string key = "k" + std::to_string(i);
+    MDB_val k = MdbVal(key), v = MdbVal(value);
+    ASSERT_EQ(mdb_put(txn, env.dbi().kv, &k, &v, 0), 0);
+  }
+  ASSERT_EQ(mdb_txn_commit(txn), 0);
+}
+
+// The values PutMebibytes wrote under keys 0 .. mib-1 are all there, unchanged.
+void ExpectMebibytes(Env& env, int mib) {
+  MDB_txn* txn = nullptr;
+  ASSERT_EQ(mdb_txn_begin(env.env(), nullptr, MDB_RDONLY, &txn), 0);
+  const std::string value(1 << 20, 'v');
+  for (int i = 0; i < mib; ++i) {
+    std::string key = "k" + std::to_string(i);
+    MDB_val k = MdbVal(key), v;
+    ASSERT_EQ(mdb_get(txn, env.dbi().kv, &k, &v), 0) << key;
+    EXPECT_EQ(std::string_view(static_cast<const char*>(v.mv_data), v.mv_size), value) << key;
+  }
+  mdb_txn_abort(txn);
+}
+
+uint64_t UsedBytes(Env& env) {
+  MDB_envinfo info;
+  MDB_stat stat;
+  EXPECT_EQ(mdb_env_info(env.env(), &info), 0);
+  EXPECT_EQ(mdb_env_stat(env.env(), &stat), 0);
+  return (info.me_last_pgno + 1) * stat.ms_psize;
+}
+
+struct FileExtent {
+  uint64_t size = 0;
+  uint64_t allocated = 0;  // bytes of disk blocks: a sparse file has fewer than its size
+};
+FileExtent DataFile(const std::filesystem::path& data_dir) {
+  struct stat st {};
+  EXPECT_EQ(stat((data_dir / "store" / "data.mdb").c_str(), &st), 0);
+  return {static_cast<uint64_t>(st.st_size), static_cast<uint64_t>(st.st_blocks) * 512};
+}
+
+// Calls Preallocate() until it writes nothing more (each call writes at most 1 MiB).
+void PreallocateFully(Env& env) {
+  for (int i = 0; i < 64; ++i) {
+    uint64_t before = env.file_size();
+    ASSERT_TRUE(env.Preallocate().ok());
+    if (env.file_size() == before) return;
+  }
+}
+
+TEST(EnvTest, PreallocationKeepsAllocatedZerosAheadOfTheLastPage) {
+  TempDir dir;
+  BrokerConfig config;  // preallocate 32 MiB: ahead by a quarter of what is used, 1 MiB at least
+  auto env = Env::Open(dir.path(), config);
+  ASSERT_TRUE(env.ok()) << env.status().ToString();
+  Env& e = **env;
+  EXPECT_EQ(DataFile(dir.path()).size, UsedBytes(e) + (1 << 20));
+  EXPECT_EQ(e.file_size(), DataFile(dir.path()).size);
+
+  PutMebibytes(e, 16);  // LMDB extends the file past the first MiB ahead
+  const uint64_t used = UsedBytes(e);
+  PreallocateFully(e);
+  ExpectMebibytes(e, 16);
+  FileExtent file = DataFile(dir.path());
+  EXPECT_EQ(file.size, used + used / 4);
+  EXPECT_GE(file.allocated, file.size) << "the tail must be written, not a hole";
+  // The tail is zeros, and LMDB reads its data as before.
+  std::ifstream in(dir.path() / "store" / "data.mdb", std::ios::binary);
+  in.seekg(static_cast<std::streamoff>(used));
+  std::string tail(file.size - used, 'x');
+  in.read(tail.data(), static_cast<std::streamsize>(tail.size()));
+  EXPECT_EQ(tail.find_first_not_of('\0'), std::string::npos);
+  env = Result<std::unique_ptr<Env>>(nullptr);  // close, then reopen on the longer file
+  auto reopened = Env::Open(dir.path(), config);
+  ASSERT_TRUE(reopened.ok()) << reopened.status().ToString();
+  EXPECT_GE((*reopened)->map_size(), file.size);
+  ExpectMebibytes(**reopened, 16);
+}
+
+TEST(EnvTest, PreallocationStopsAtTheMapAndIsOffAtZero) {
+  TempDir small;
+  BrokerConfig config;
+  config.map_size = 1 << 20;
+  config.max_map_size = 1 << 20;
+  auto env = Env::Open(small.path(), config);
+  ASSERT_TRUE(env.ok()) << env.status().ToString();
+  PreallocateFully(**env);
+  EXPECT_EQ(DataFile(small.path()).size, 1u << 20);
+
+  TempDir off;
+  config = BrokerConfig();
+  config.preallocate = 0;
+  env = Env::Open(off.path(), config);
+  ASSERT_TRUE(env.ok()) << env.status().ToString();
+  PutMebibytes(**env, 4);
+  PreallocateFully(**env);
+  EXPECT_EQ(DataFile(off.path()).size, UsedBytes(**env));
+}
+
+// A write ahead that fails (here the file size limit; a full disk alike) is reported, leaves the store
+// usable, and is not tried again for 10 s.
+TEST(EnvTest, AFailedPreallocationIsReportedAndNotRetriedAtOnce) {
+  TempDir dir;
+  BrokerConfig config;
+  auto env = Env::Open(dir.path(), config);
+  ASSERT_TRUE(env.ok()) << env.status().ToString();
+  Env& e = **env;
+  PutMebibytes(e, 8);  // past the preallocated MiB: LMDB extended the file itself
+  const uint64_t size = DataFile(dir.path()).size;
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  auto old_handler = signal(SIGXFSZ, SIG_IGN);
+  rlimit limit = old;
+  limit.rlim_cur = size;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
+  Status failed = e.Preallocate();
+  Status backing_off = e.Preallocate();
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+  signal(SIGXFSZ, old_handler);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.message().find("preallocating"), std::string::npos) << failed.ToString();
+  EXPECT_NE(failed.message().find("data.mdb"), std::string::npos) << failed.ToString();
+  EXPECT_TRUE(backing_off.ok());
+  EXPECT_EQ(DataFile(dir.path()).size, size);
+  EXPECT_EQ(e.file_size(), size);
+  PutMebibytes(e, 1, 100);  // the store still takes writes
+  ExpectMebibytes(e, 8);
 }
 
 }  // namespace
