@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "broker/store/lmdb_env.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -130,43 +131,51 @@ Result<std::unique_ptr<Env>> Env::Open(const std::filesystem::path& data_dir, co
     e->file_end_ = static_cast<uint64_t>(st.st_size);
     e->preallocate_ = config.preallocate;
   }
-  (void)e->Preallocate(config.preallocate);  // a failure shows again at the writer's first try
+  // At once, not in steps; a failure here is counted at the writer's first try, which is not held back.
+  (void)e->Preallocate(config.preallocate);
+  e->preallocate_after_ = {};
   return e;
 }
 
 Status Env::Preallocate(uint64_t max_bytes) {
-  if (preallocate_ == 0 || std::chrono::steady_clock::now() < preallocate_after_) return Status::Ok();
   MDB_envinfo info;
   if (mdb_env_info(env_, &info) != 0) return Status::Ok();
   const uint64_t used = (info.me_last_pgno + 1) * page_size_;
   // LMDB's commits extend the file themselves when they outgrow the tail; they never write past
   // `used`, so nothing below it may be written here.
   file_end_ = std::max(file_end_, used);
-  const uint64_t ahead = std::min(preallocate_, std::max<uint64_t>(1 << 20, used / 4));
-  // Refill from half: every extension costs the next commit's flush an inode write, so extend in a
-  // few runs, not a little after every commit.
+  const uint64_t growth = used - std::min(used, last_used_);
+  last_used_ = used;
+  if (preallocate_ == 0 || std::chrono::steady_clock::now() < preallocate_after_) return Status::Ok();
+  const uint64_t ahead = std::min(std::max<uint64_t>(preallocate_, 1 << 20), std::max<uint64_t>(1 << 20, used / 4));
+  // Refill from half: every extension costs the next flush an inode write, so the file is extended in
+  // a few steps now and then, not a little after every commit. A step outruns the growth since the
+  // last call, so a refill always ends.
   if (!refilling_ && file_end_ >= used + ahead / 2) return Status::Ok();
   const uint64_t full = std::min(used + ahead, map_size_);
-  const uint64_t target = std::min(full, file_end_ + max_bytes);
+  const uint64_t target = std::min(full, file_end_ + std::max(max_bytes, 2 * growth));
   refilling_ = target < full;
+  if (target <= file_end_) return Status::Ok();
   static const std::vector<char> kZeros(1 << 20, 0);
   mdb_filehandle_t fd;
   if (mdb_env_get_fd(env_, &fd) != 0) return Status::Ok();
+  const uint64_t start = file_end_;
   while (file_end_ < target) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(kZeros.size(), target - file_end_));
     ssize_t written = pwrite(fd, kZeros.data(), n, static_cast<off_t>(file_end_));
     if (written < 0 && errno == EINTR) continue;
     if (written <= 0) {
       const int err = written < 0 ? errno : EIO;
-      // The file may end inside a page now; LMDB writes whole pages, so that is harmless.
-      struct stat st {};
-      if (fstat(fd, &st) == 0) file_end_ = static_cast<uint64_t>(st.st_size);
+      // Give back what this step took (on a full disk, other files need it); `start` >= `used`.
+      if (ftruncate(fd, static_cast<off_t>(start)) == 0) file_end_ = start;
       refilling_ = false;
       preallocate_after_ = std::chrono::steady_clock::now() + std::chrono::seconds(10);
       return LmdbStatus(err, fmt::format("preallocating {}", (path_ / "data.mdb").string()));
     }
     file_end_ += static_cast<uint64_t>(written);
   }
+  // Start writing the zeros back now, so that the next commit's flush finds little of them left.
+  (void)sync_file_range(fd, static_cast<off_t>(start), static_cast<off_t>(file_end_ - start), SYNC_FILE_RANGE_WRITE);
   return Status::Ok();
 }
 
