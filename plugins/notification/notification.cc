@@ -18,7 +18,8 @@
 //
 // Maildir delivery: a mail is written whole into a file that no reader sees, then linked into new/.
 // The file is an unnamed O_TMPFILE inode in tmp/ (named through /proc/self/fd when it is linked), or,
-// where the file system has no O_TMPFILE, tmp/<name>.<pid>, linked and then unlinked. The link fails
+// where the file system has no O_TMPFILE (or /proc is missing), and for mails past kMaxOpenMails
+// waiting for one Sync, tmp/<name>.<pid>, linked and then unlinked. The link fails
 // when new/ has the name already: that is a resend, and the first mail stays. Compared with a named tmp/
 // file renamed into new/, this saves a directory entry in tmp/, its removal, and a stat of new/ per
 // mail: a third of the plugin's CPU in the order pipeline. A crash before the link leaves nothing
@@ -655,7 +656,10 @@ int NotificationPlugin::Sync() {
       Discard(&p);
     }
   }
-  // The links are durable only once new/ is: until then a crash could lose an acked mail.
+  // The links are durable only once new/ is: until then a crash could lose an acked mail. On ext4 and
+  // XFS this fsync also carries each inode's new link count (one journal transaction with the entry);
+  // on ext4 without a journal a count lost in a crash is restored by e2fsck, which such a file system
+  // needs after any crash. POSIX itself promises only the directory entries.
   if (rc == 0 && fsync(dir) != 0) rc = -errno;
   if (dir >= 0) close(dir);
   return rc;

@@ -377,6 +377,31 @@ TEST_F(WriterTest, SyncHandedBackMessagesAreReadableAndSurviveReopen) {
   EXPECT_EQ(t->rec.messages, static_cast<uint64_t>(kCount));
 }
 
+// The writer keeps data.mdb preallocated as the store grows (Env::Preallocate after its commits): the
+// file stays longer than LMDB's data. Without it, LMDB would have extended the file to its data.
+TEST_F(WriterTest, TheStoreFileStaysPreallocatedAheadOfItsDataAsItGrows) {
+  StartWriter(Durability::kSync);
+  ASSERT_NE(writer_, nullptr);
+  const uint64_t open_size = env_->file_size();
+  constexpr int kCount = 160;  // 10 MiB in batches of 8: far past the 1 MiB preallocated by Open
+  std::vector<WriteOp> ops;
+  for (int i = 0; i < kCount; ++i) {
+    ops.push_back(PublishOp(kTopic, std::string(64 << 10, static_cast<char>('a' + i % 26))));
+    if (ops.size() == 8) writer_->Enqueue(&ops);
+  }
+  ASSERT_TRUE(WaitUntil([&] { return CountReturned(OpKind::kPublish) >= kCount; }));
+  writer_->Stop();  // Preallocate runs after a commit's hand-off: wait for the last one
+  MDB_envinfo info;
+  MDB_stat stat;
+  ASSERT_EQ(mdb_env_info(env_->env(), &info), 0);
+  ASSERT_EQ(mdb_env_stat(env_->env(), &stat), 0);
+  const uint64_t used = (info.me_last_pgno + 1) * stat.ms_psize;
+  const uint64_t file = std::filesystem::file_size(dir_.path() / "store" / "data.mdb");
+  EXPECT_GT(used, open_size);
+  EXPECT_GE(file, used + (1 << 20)) << "used " << used;
+  EXPECT_EQ(env_->file_size(), file);
+}
+
 // ---- durability "batch" and "none": one hand-back per batch -------------------------------------------
 
 class WriterUnsplitTest : public WriterDurabilityTest {};
