@@ -13,7 +13,8 @@
 #
 # Environment: BUILDDIR (default: build), DURABILITY (sync), INSTANCES (workers per plugin, 1;
 # ORDER_INSTANCES, INVENTORY_INSTANCES, NOTIFICATION_INSTANCES, ANALYTICS_INSTANCES override it for one),
-# MAILDIR_FSYNC (true: the notification plugin fsyncs each mail and new/, its default), TMPDIR (where the
+# MAILDIR_FSYNC (true: the notification plugin fsyncs each mail and new/, its default), PREALLOCATE
+# (broker.preallocate, e.g. 0 to compare without it; default: the daemon's), TMPDIR (where the
 # data goes: put it on the disk you want to measure), KEEP. Repeated runs: use KEEP=1 (remove the
 # dirs later), or wait 5 minutes between them; on ext4 without a journal, removing the previous run's
 # Maildir slows the next run's mail (bench/README.md, "The order pipeline").
@@ -23,6 +24,7 @@ build=$(realpath "${BUILDDIR:-build}")
 durability=${DURABILITY:-sync}
 instances=${INSTANCES:-1}
 maildir_fsync=${MAILDIR_FSYNC:-true}
+preallocate=${PREALLOCATE:+preallocate = \"$PREALLOCATE\"}
 for f in daemon/sluiced daemon/sluicectl bench/pipeline-bench plugins/order/order.so \
          plugins/inventory/inventory.so plugins/notification/notification.so plugins/analytics/analytics.so; do
   [[ -e $build/$f ]] || { echo "run-pipeline-bench: $build/$f is missing: ninja -C $build" >&2; exit 2; }
@@ -44,6 +46,7 @@ log_level = "notice"
 [broker]
 durability = "$durability"
 map_size = "1GiB"
+$preallocate
 [[topic]]
 name = "order.events"
 retention_max_age = "1h"

@@ -123,63 +123,65 @@ Result<std::unique_ptr<Env>> Env::Open(const std::filesystem::path& data_dir, co
   }
   rc = mdb_txn_commit(txn);
   if (rc != 0) return LmdbStatus(rc, "committing the open transaction");
-  MDB_stat stat;
+  MDB_stat db_stat;
   struct stat st {};
-  mdb_filehandle_t fd;
-  if (mdb_env_stat(e->env_, &stat) == 0 && mdb_env_get_fd(e->env_, &fd) == 0 && fstat(fd, &st) == 0) {
-    e->page_size_ = stat.ms_psize;
+  if (mdb_env_stat(e->env_, &db_stat) == 0 && ::stat(data_file.c_str(), &st) == 0) {
+    e->page_size_ = db_stat.ms_psize;
     e->file_end_ = static_cast<uint64_t>(st.st_size);
-    e->preallocate_ = config.preallocate;
+    // Its own descriptor: an fsync on LMDB's would take a writeback error from LMDB's next flush.
+    if (config.preallocate > 0) e->prealloc_fd_ = open(data_file.c_str(), O_WRONLY | O_CLOEXEC);
+    if (e->prealloc_fd_ >= 0) e->preallocate_ = config.preallocate;
   }
-  // At once, not in steps; a failure here is counted at the writer's first try, which is not held back.
-  (void)e->Preallocate(config.preallocate);
+  // The first tail at once; a failure here is counted at the writer's first try, which is not held back.
+  for (Result<bool> wrote = e->Preallocate(true); wrote.ok() && *wrote;) wrote = e->Preallocate(true);
   e->preallocate_after_ = {};
   return e;
 }
 
-Status Env::Preallocate(uint64_t max_bytes) {
+Result<bool> Env::Preallocate(bool idle) {
   MDB_envinfo info;
-  if (mdb_env_info(env_, &info) != 0) return Status::Ok();
+  if (mdb_env_info(env_, &info) != 0) return false;
   const uint64_t used = (info.me_last_pgno + 1) * page_size_;
   // LMDB's commits extend the file themselves when they outgrow the tail; they never write past
   // `used`, so nothing below it may be written here.
   file_end_ = std::max(file_end_, used);
   const uint64_t growth = used - std::min(used, last_used_);
   last_used_ = used;
-  if (preallocate_ == 0 || std::chrono::steady_clock::now() < preallocate_after_) return Status::Ok();
+  if (preallocate_ == 0 || std::chrono::steady_clock::now() < preallocate_after_) return false;
   const uint64_t ahead = std::min(std::max<uint64_t>(preallocate_, 1 << 20), std::max<uint64_t>(1 << 20, used / 4));
-  // Refill from half: every extension costs the next flush an inode write, so the file is extended in
-  // a few steps now and then, not a little after every commit. A step outruns the growth since the
-  // last call, so a refill always ends.
-  if (!refilling_ && file_end_ >= used + ahead / 2) return Status::Ok();
+  // Refill from half, so that the file grows in a few runs now and then, not a little after every
+  // commit; when idle, in small steps flushed here, so that no commit's flush carries them. Busy, only
+  // a tail nearly used up is extended, by more than the growth since the last call (the next commit's
+  // flush writes the zeros and the new size).
+  if (!refilling_ && file_end_ >= used + ahead / 2) return false;
+  if (!idle && file_end_ >= used + ahead / 8) return false;
   const uint64_t full = std::min(used + ahead, map_size_);
-  const uint64_t target = std::min(full, file_end_ + std::max(max_bytes, 2 * growth));
+  const uint64_t step = idle ? kIdleStep : std::max<uint64_t>(1 << 20, 2 * growth);
+  const uint64_t target = std::min(full, file_end_ + step);
   refilling_ = target < full;
-  if (target <= file_end_) return Status::Ok();
+  if (target <= file_end_) return false;
   static const std::vector<char> kZeros(1 << 20, 0);
-  mdb_filehandle_t fd;
-  if (mdb_env_get_fd(env_, &fd) != 0) return Status::Ok();
   const uint64_t start = file_end_;
+  auto fail = [&](int err) -> Result<bool> {
+    // Give back what this step took (on a full disk, other files need it); `start` >= `used`.
+    if (ftruncate(prealloc_fd_, static_cast<off_t>(start)) == 0) file_end_ = start;
+    refilling_ = false;
+    preallocate_after_ = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    return LmdbStatus(err, fmt::format("preallocating {}", (path_ / "data.mdb").string()));
+  };
   while (file_end_ < target) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(kZeros.size(), target - file_end_));
-    ssize_t written = pwrite(fd, kZeros.data(), n, static_cast<off_t>(file_end_));
+    ssize_t written = pwrite(prealloc_fd_, kZeros.data(), n, static_cast<off_t>(file_end_));
     if (written < 0 && errno == EINTR) continue;
-    if (written <= 0) {
-      const int err = written < 0 ? errno : EIO;
-      // Give back what this step took (on a full disk, other files need it); `start` >= `used`.
-      if (ftruncate(fd, static_cast<off_t>(start)) == 0) file_end_ = start;
-      refilling_ = false;
-      preallocate_after_ = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-      return LmdbStatus(err, fmt::format("preallocating {}", (path_ / "data.mdb").string()));
-    }
+    if (written <= 0) return fail(written < 0 ? errno : EIO);
     file_end_ += static_cast<uint64_t>(written);
   }
-  // Start writing the zeros back now, so that the next commit's flush finds little of them left.
-  (void)sync_file_range(fd, static_cast<off_t>(start), static_cast<off_t>(file_end_ - start), SYNC_FILE_RANGE_WRITE);
-  return Status::Ok();
+  if (idle && fdatasync(prealloc_fd_) != 0) return fail(errno);
+  return true;
 }
 
 Env::~Env() {
+  if (prealloc_fd_ >= 0) close(prealloc_fd_);
   if (env_ != nullptr) mdb_env_close(env_);
 }
 

@@ -65,14 +65,17 @@ class Env {
   Status Sync();
 
   // Keeps data.mdb allocated and zero-filled ahead of LMDB's last page, by a quarter of what is used,
-  // at least 1 MiB and at most `preallocate` (rounded up to 1 MiB), never past the map. Refilled once
-  // half of it is used, in steps of `max_bytes` or twice the growth since the last call, whichever is
-  // more. A commit that writes past the end of the file makes its flush write the inode too (the size
-  // and the new extents: on ext4 an inode write, or with a journal a journal commit); inside the file
-  // the flush writes data pages only. After a failed write (ENOSPC) the step is truncated away, the
-  // next try waits 10 s, and LMDB's own writes extend the file as before. Only the writer calls this,
-  // with no write transaction open (or Open, before there is a writer). Returns the failed write's error.
-  Status Preallocate(uint64_t max_bytes = 1ull << 20);
+  // at least 1 MiB and at most `preallocate` (rounded up to 1 MiB), never past the map. A commit that
+  // writes past the end of the file makes its flush write the inode too (the size and the new extents:
+  // on ext4 an inode write, or with a journal a journal commit); inside the file the flush writes data
+  // pages only. The tail is refilled once half of it is used: `idle` (nothing waits to be committed),
+  // by a step of kIdleStep that is flushed here, so that no commit's flush carries it; busy, only when
+  // less than an eighth is left, by more than the growth since the last call, left to the next commit's
+  // flush. A failed write (ENOSPC) or flush is truncated away, the next try waits 10 s, and LMDB's own
+  // writes extend the file as before. Only the writer calls this, with no write transaction open (or
+  // Open, before there is a writer). Returns whether it wrote, or the error.
+  Result<bool> Preallocate(bool idle);
+  static constexpr uint64_t kIdleStep = 256 << 10;
   // data.mdb's size as of the last Preallocate() or Open (preallocated or not).
   uint64_t file_size() const { return file_end_; }
 
@@ -86,6 +89,7 @@ class Env {
   uint64_t max_map_size_ = 0;
   std::filesystem::path path_;
   uint64_t preallocate_ = 0;
+  int prealloc_fd_ = -1;  // data.mdb, opened for preallocation only
   uint64_t page_size_ = 0;
   uint64_t file_end_ = 0;  // data.mdb's size (at least: LMDB's commits may have made it longer)
   uint64_t last_used_ = 0;  // LMDB's end of data at the last call

@@ -127,7 +127,7 @@ Status Writer::Load() {
 
 void Writer::Start() {
   started_ = true;
-  Preallocate();  // also shows the file's size before the first commit
+  Preallocate(true);  // also shows the file's size before the first commit
   if (config_.durability == Durability::kSync) {
     // The last commit of a previous run may have left its meta page in the OS cache only (a crash of
     // the process): flush it before anything is answered from it.
@@ -254,11 +254,13 @@ void Writer::RunSyncer() {
   }
 }
 
-void Writer::Preallocate() {
-  Status s = env_->Preallocate();
-  if (metrics_ == nullptr) return;
-  if (!s.ok()) metrics_->preallocate_failures.fetch_add(1, std::memory_order_relaxed);
-  metrics_->file_bytes.store(env_->file_size(), std::memory_order_relaxed);
+bool Writer::Preallocate(bool idle) {
+  Result<bool> wrote = env_->Preallocate(idle);
+  if (metrics_ != nullptr) {
+    if (!wrote.ok()) metrics_->preallocate_failures.fetch_add(1, std::memory_order_relaxed);
+    metrics_->file_bytes.store(env_->file_size(), std::memory_order_relaxed);
+  }
+  return wrote.ok() && *wrote;
 }
 
 void Writer::Recycle(std::vector<WriteOp>* ops) {
@@ -341,10 +343,17 @@ void Writer::Run() {
       notify_();
       if (eager_queued_ == 0) syncer_cv_.notify_one();
     }
-    // After the hand-off, so that no delivery or ack waits for it.
+    // After the hand-off, so that no delivery or ack waits for it: a tail nearly used up at once, the
+    // rest of a refill while no op but lazy acks waits to be committed.
     lock.unlock();
-    Preallocate();
+    Preallocate(false);
     lock.lock();
+    while (eager_queued_ == 0 && !stop_) {
+      lock.unlock();
+      const bool wrote = Preallocate(true);
+      lock.lock();
+      if (!wrote) break;
+    }
   }
   if (pipelined && !held_.empty()) {
     const size_t target = last_txn_id_;

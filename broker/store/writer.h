@@ -161,8 +161,8 @@ class Writer {
   void Run();
   // env_->Sync(), timed into metrics_.
   Status TimedSync();
-  // env_->Preallocate(), counted into metrics_.
-  void Preallocate();
+  // env_->Preallocate(idle), counted into metrics_; whether it wrote.
+  bool Preallocate(bool idle);
   // Applies and commits the batch. Returns the id of the transaction that reached the store (with
   // "sync": whose data pages are on disk), or 0 when the batch failed or wrote nothing.
   size_t Commit(Batch* batch);

@@ -281,13 +281,14 @@ bool ZerosTakeBlocks(const std::filesystem::path& dir) {
   return fs.f_type == 0xEF53 /* ext2/3/4 */ || fs.f_type == 0x58465342 /* XFS */ || fs.f_type == 0x01021994 /* tmpfs */;
 }
 
-// Calls Preallocate() until it writes nothing more (each call writes at most 1 MiB).
+// Calls Preallocate(idle) until it writes nothing more, as an idle writer does.
 void PreallocateFully(Env& env) {
-  for (int i = 0; i < 64; ++i) {
-    uint64_t before = env.file_size();
-    ASSERT_TRUE(env.Preallocate().ok());
-    if (env.file_size() == before) return;
+  for (int i = 0; i < 1024; ++i) {
+    Result<bool> wrote = env.Preallocate(true);
+    ASSERT_TRUE(wrote.ok()) << wrote.status().ToString();
+    if (!*wrote) return;
   }
+  FAIL() << "Preallocate kept writing";
 }
 
 TEST(EnvTest, PreallocationKeepsAllocatedZerosAheadOfTheLastPage) {
@@ -333,13 +334,24 @@ TEST(EnvTest, PreallocationRefillsFromHalfTheTail) {
   ASSERT_EQ(tail, std::min<uint64_t>(32 << 20, used / 4));
   // Less than half the tail used: nothing is written.
   PutMebibytes(e, static_cast<int>(tail / 2 >> 20) - 1, 100);
-  ASSERT_TRUE(e.Preallocate().ok());
+  ASSERT_TRUE(e.Preallocate(true).ok());
   EXPECT_EQ(DataFile(dir.path()).size, used + tail);
-  // More than half: the tail grows back to a quarter of the data.
+  // More than half: a busy writer leaves it for an idle moment, which refills it to a quarter of the data.
   PutMebibytes(e, 2, 200);
+  Result<bool> busy = e.Preallocate(false);
+  ASSERT_TRUE(busy.ok());
+  EXPECT_FALSE(*busy);
   PreallocateFully(e);
-  const uint64_t now_used = UsedBytes(e);
+  uint64_t now_used = UsedBytes(e);
   EXPECT_EQ(DataFile(dir.path()).size, now_used + now_used / 4);
+  // Less than an eighth left: even a busy writer extends it, by at least 1 MiB.
+  const uint64_t before = e.file_size();
+  PutMebibytes(e, static_cast<int>((before - now_used) >> 20), 300);
+  ASSERT_LT(e.file_size() - std::min(e.file_size(), UsedBytes(e)), (UsedBytes(e) / 4) / 8 + 1);
+  busy = e.Preallocate(false);
+  ASSERT_TRUE(busy.ok());
+  EXPECT_TRUE(*busy);
+  EXPECT_GE(DataFile(dir.path()).size, UsedBytes(e) + (1 << 20));
 }
 
 TEST(EnvTest, PreallocationStopsAtTheMapAndIsOffAtZero) {
@@ -379,14 +391,15 @@ TEST(EnvTest, AFailedPreallocationIsReportedAndNotRetriedAtOnce) {
   rlimit limit = old;
   limit.rlim_cur = size;
   ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
-  Status failed = e.Preallocate();
-  Status backing_off = e.Preallocate();
+  Result<bool> failed = e.Preallocate(true);
+  Result<bool> backing_off = e.Preallocate(true);
   ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
   signal(SIGXFSZ, old_handler);
   ASSERT_FALSE(failed.ok());
-  EXPECT_NE(failed.message().find("preallocating"), std::string::npos) << failed.ToString();
-  EXPECT_NE(failed.message().find("data.mdb"), std::string::npos) << failed.ToString();
-  EXPECT_TRUE(backing_off.ok());
+  EXPECT_NE(failed.status().message().find("preallocating"), std::string::npos) << failed.status().ToString();
+  EXPECT_NE(failed.status().message().find("data.mdb"), std::string::npos) << failed.status().ToString();
+  ASSERT_TRUE(backing_off.ok());
+  EXPECT_FALSE(*backing_off);
   EXPECT_EQ(DataFile(dir.path()).size, size);
   EXPECT_EQ(e.file_size(), size);
   PutMebibytes(e, 1, 100);  // the store still takes writes
