@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <random>
 
 #include <gtest/gtest.h>
@@ -281,6 +282,13 @@ bool ZerosTakeBlocks(const std::filesystem::path& dir) {
   return fs.f_type == 0xEF53 /* ext2/3/4 */ || fs.f_type == 0x58465342 /* XFS */ || fs.f_type == 0x01021994 /* tmpfs */;
 }
 
+// The store under `dir` opened with the default config (preallocate 32 MiB), or null after a failure.
+std::unique_ptr<Env> OpenDefault(const std::filesystem::path& dir) {
+  auto env = Env::Open(dir, BrokerConfig());
+  EXPECT_TRUE(env.ok()) << env.status().ToString();
+  return env.ok() ? std::move(*env) : nullptr;
+}
+
 // Calls Preallocate(idle) until it writes nothing more, as an idle writer does.
 void PreallocateFully(Env& env) {
   for (int i = 0; i < 1024; ++i) {
@@ -292,11 +300,10 @@ void PreallocateFully(Env& env) {
 }
 
 TEST(EnvTest, PreallocationKeepsAllocatedZerosAheadOfTheLastPage) {
-  TempDir dir;
-  BrokerConfig config;  // preallocate 32 MiB: ahead by a quarter of what is used, 1 MiB at least
-  auto env = Env::Open(dir.path(), config);
-  ASSERT_TRUE(env.ok()) << env.status().ToString();
-  Env& e = **env;
+  TempDir dir;  // preallocate 32 MiB: ahead by a quarter of what is used, 1 MiB at least
+  std::unique_ptr<Env> env = OpenDefault(dir.path());
+  ASSERT_NE(env, nullptr);
+  Env& e = *env;
   EXPECT_EQ(DataFile(dir.path()).size, UsedBytes(e) + (1 << 20));
   EXPECT_EQ(e.file_size(), DataFile(dir.path()).size);
 
@@ -313,20 +320,19 @@ TEST(EnvTest, PreallocationKeepsAllocatedZerosAheadOfTheLastPage) {
   std::string tail(file.size - used, 'x');
   in.read(tail.data(), static_cast<std::streamsize>(tail.size()));
   EXPECT_EQ(tail.find_first_not_of('\0'), std::string::npos);
-  env = Result<std::unique_ptr<Env>>(nullptr);  // close, then reopen on the longer file
-  auto reopened = Env::Open(dir.path(), config);
-  ASSERT_TRUE(reopened.ok()) << reopened.status().ToString();
-  EXPECT_GE((*reopened)->map_size(), file.size);
-  ExpectMebibytes(**reopened, 16);
+  env.reset();  // close, then reopen on the longer file
+  std::unique_ptr<Env> reopened = OpenDefault(dir.path());
+  ASSERT_NE(reopened, nullptr);
+  EXPECT_GE(reopened->map_size(), file.size);
+  ExpectMebibytes(*reopened, 16);
 }
 
 // The tail is extended again only once half of it is used, and then to its full length.
 TEST(EnvTest, PreallocationRefillsFromHalfTheTail) {
   TempDir dir;
-  BrokerConfig config;
-  auto env = Env::Open(dir.path(), config);
-  ASSERT_TRUE(env.ok()) << env.status().ToString();
-  Env& e = **env;
+  std::unique_ptr<Env> env = OpenDefault(dir.path());
+  ASSERT_NE(env, nullptr);
+  Env& e = *env;
   PutMebibytes(e, 32);
   PreallocateFully(e);
   const uint64_t used = UsedBytes(e);
@@ -379,10 +385,9 @@ TEST(EnvTest, PreallocationStopsAtTheMapAndIsOffAtZero) {
 // usable, and is not tried again for 10 s.
 TEST(EnvTest, AFailedPreallocationIsReportedAndNotRetriedAtOnce) {
   TempDir dir;
-  BrokerConfig config;
-  auto env = Env::Open(dir.path(), config);
-  ASSERT_TRUE(env.ok()) << env.status().ToString();
-  Env& e = **env;
+  std::unique_ptr<Env> env = OpenDefault(dir.path());
+  ASSERT_NE(env, nullptr);
+  Env& e = *env;
   PutMebibytes(e, 8);  // past the preallocated MiB: LMDB extended the file itself
   const uint64_t size = DataFile(dir.path()).size;
   rlimit old{};
