@@ -128,8 +128,12 @@ Result<std::unique_ptr<Env>> Env::Open(const std::filesystem::path& data_dir, co
   if (mdb_env_stat(e->env_, &db_stat) == 0 && ::stat(data_file.c_str(), &st) == 0) {
     e->page_size_ = db_stat.ms_psize;
     e->file_end_ = static_cast<uint64_t>(st.st_size);
-    // Its own descriptor: an fsync on LMDB's would take a writeback error from LMDB's next flush.
-    if (config.preallocate > 0) e->prealloc_fd_ = open(data_file.c_str(), O_WRONLY | O_CLOEXEC);
+    // Only "sync" flushes at every commit; the others flush on their own schedule, which the idle
+    // steps' fdatasync would break. Its own descriptor: an fsync on LMDB's would take a writeback
+    // error from LMDB's next flush on kernels before 4.13.
+    if (config.preallocate > 0 && config.durability == Durability::kSync) {
+      e->prealloc_fd_ = open(data_file.c_str(), O_WRONLY | O_CLOEXEC);
+    }
     if (e->prealloc_fd_ >= 0) e->preallocate_ = config.preallocate;
   }
   // The first tail at once; a failure here is counted at the writer's first try, which is not held back.

@@ -64,17 +64,19 @@ class Env {
   // Flushes buffers to disk (durability "batch"/"none", and Close).
   Status Sync();
 
-  // Keeps data.mdb allocated and zero-filled ahead of LMDB's last page, by a quarter of what is used,
-  // at least 1 MiB and at most `preallocate` (rounded up to 1 MiB), never past the map. A commit that
-  // writes past the end of the file makes its flush write the inode too (the size and the new extents:
-  // on ext4 an inode write, or with a journal a journal commit); inside the file the flush writes data
-  // pages only. The tail is refilled once half of it is used: `idle` (nothing waits to be committed),
-  // by a step of kIdleStep that is flushed here, so that no commit's flush carries it; busy, only when
-  // less than an eighth is left, by more than the growth since the last call, left to the next commit's
-  // flush. A failed write (ENOSPC) or flush is truncated away, the next try waits 10 s, and LMDB's own
-  // writes extend the file as before. Only the writer calls this, with no write transaction open (or
-  // Open, before there is a writer). Returns whether it wrote, or the error.
+  // With durability "sync", keeps data.mdb allocated and zero-filled ahead of LMDB's last page, by a
+  // quarter of what is used, at least 1 MiB and at most `preallocate` (rounded up to 1 MiB), never past
+  // the map. A commit that writes past the end of the file makes its flush write the inode too (the
+  // size and the new extents: on ext4 an inode write, or with a journal a journal commit); inside the
+  // file the flush writes data pages only. The tail is refilled once half of it is used: `idle` (the
+  // writer has nothing to commit and the syncer nothing to flush; see Writer::RefillDue), by a step of
+  // kIdleStep that is flushed here, so that neither a commit's flush nor the syncer's carries it; busy,
+  // only when less than an eighth is left, by more than the growth since the last call, left to the
+  // next commit's flush. A failed write (ENOSPC) or flush is truncated away, the next try waits 10 s,
+  // and LMDB's own writes extend the file as before. Only the writer calls this, with no write
+  // transaction open (or Open, before there is a writer). Returns whether it wrote, or the error.
   Result<bool> Preallocate(bool idle);
+  bool preallocating() const { return preallocate_ > 0; }
   static constexpr uint64_t kIdleStep = 256 << 10;
   // data.mdb's size as of the last Preallocate() or Open (preallocated or not).
   uint64_t file_size() const { return file_end_; }

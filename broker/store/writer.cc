@@ -251,6 +251,22 @@ void Writer::RunSyncer() {
     Status s = TimedSync();
     lock.lock();
     ReleaseDurable(target, s);
+    if (RefillDue()) cv_.notify_one();  // the writer waits for that to refill the file's tail
+  }
+}
+
+bool Writer::RefillDue() const {
+  // Not while an op waits (lazy acks included), and not while a batch waits for the syncer: its flush
+  // would carry the zeros (fdatasync writes every dirty page of the file).
+  return refill_wanted_ && queue_.empty() && held_.empty() && !stop_;
+}
+
+void Writer::RefillWhileIdle(std::unique_lock<std::mutex>& lock) {
+  while (RefillDue()) {
+    lock.unlock();
+    const bool wrote = Preallocate(true);
+    lock.lock();
+    if (!wrote) refill_wanted_ = false;
   }
 }
 
@@ -303,11 +319,12 @@ void Writer::Run() {
       if (stop_ && queue_.empty()) break;
       idle_ = true;
       if (queue_.empty()) {
-        cv_.wait(lock, [&] { return !queue_.empty() || stop_; });
+        cv_.wait(lock, [&] { return !queue_.empty() || stop_ || RefillDue(); });
       } else {
         cv_.wait_until(lock, lazy_since_ + kLazyAckDelay, [&] { return eager_queued_ > 0 || stop_; });
       }
       idle_ = false;
+      RefillWhileIdle(lock);
       continue;
     }
     Batch batch;
@@ -344,16 +361,12 @@ void Writer::Run() {
       if (eager_queued_ == 0) syncer_cv_.notify_one();
     }
     // After the hand-off, so that no delivery or ack waits for it: a tail nearly used up at once, the
-    // rest of a refill while no op but lazy acks waits to be committed.
+    // rest of a refill once nothing waits (RefillWhileIdle, here or when the syncer has released).
     lock.unlock();
     Preallocate(false);
     lock.lock();
-    while (eager_queued_ == 0 && !stop_) {
-      lock.unlock();
-      const bool wrote = Preallocate(true);
-      lock.lock();
-      if (!wrote) break;
-    }
+    refill_wanted_ = env_->preallocating();
+    RefillWhileIdle(lock);
   }
   if (pipelined && !held_.empty()) {
     const size_t target = last_txn_id_;

@@ -163,6 +163,10 @@ class Writer {
   Status TimedSync();
   // env_->Preallocate(idle), counted into metrics_; whether it wrote.
   bool Preallocate(bool idle);
+  // Whether the file's tail wants refilling and nothing waits for the writer or the syncer (under mu_).
+  bool RefillDue() const;
+  // Refills in idle steps while RefillDue(); `lock` holds mu_ and is released around each step.
+  void RefillWhileIdle(std::unique_lock<std::mutex>& lock);
   // Applies and commits the batch. Returns the id of the transaction that reached the store (with
   // "sync": whose data pages are on disk), or 0 when the batch failed or wrote nothing.
   size_t Commit(Batch* batch);
@@ -227,6 +231,7 @@ class Writer {
   bool committing_ = false;   // the writer is in Commit(): its flush will carry the held meta pages
   Status sync_failed_;        // a failed flush: later flushes prove nothing about earlier pages
   bool syncer_stop_ = false;
+  bool refill_wanted_ = false;  // a commit grew the store: RefillWhileIdle has work until a step writes nothing
   std::condition_variable syncer_cv_;
   std::thread syncer_;
   std::vector<Batch> completed_;

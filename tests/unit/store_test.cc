@@ -360,7 +360,7 @@ TEST(EnvTest, PreallocationRefillsFromHalfTheTail) {
   EXPECT_GE(DataFile(dir.path()).size, UsedBytes(e) + (1 << 20));
 }
 
-TEST(EnvTest, PreallocationStopsAtTheMapAndIsOffAtZero) {
+TEST(EnvTest, PreallocationStopsAtTheMapAndIsOffAtZeroAndWithoutSync) {
   TempDir small;
   BrokerConfig config;
   config.map_size = 1 << 20;
@@ -379,6 +379,15 @@ TEST(EnvTest, PreallocationStopsAtTheMapAndIsOffAtZero) {
   PreallocateFully(**env);
   EXPECT_EQ(DataFile(off.path()).size, UsedBytes(**env));
   EXPECT_EQ((*env)->file_size(), UsedBytes(**env));  // still reported, for the metric
+
+  // Only "sync" preallocates: the others flush on their own schedule.
+  TempDir batch;
+  config = BrokerConfig();
+  config.durability = Durability::kBatch;
+  env = Env::Open(batch.path(), config);
+  ASSERT_TRUE(env.ok()) << env.status().ToString();
+  PreallocateFully(**env);
+  EXPECT_EQ(DataFile(batch.path()).size, UsedBytes(**env));
 }
 
 // A write ahead that fails (here the file size limit; a full disk alike) is reported, leaves the store
