@@ -6,6 +6,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <optional>
@@ -345,6 +346,12 @@ void Writer::Run() {
     }
     lock.lock();
     committing_ = false;
+    if (pipelined && !commit_flush_error_.ok()) {
+      // That flush also covered the meta pages of the commits still held, and Linux reports a failed
+      // writeback once: the syncer's next flush would succeed without proving them on disk.
+      ReleaseDurable(last_txn_id_, commit_flush_error_);
+      commit_flush_error_ = Status::Ok();
+    }
     if (!pipelined) {
       completed_.push_back(std::move(batch));
       notify_();
@@ -419,6 +426,8 @@ size_t Writer::Commit(Batch* batch) {
         return mdb_env_info(env_->env(), &info) == 0 && info.me_last_txnid == txn_id ? txn_id : 0;
       }
       s = LmdbStatus(rc, "committing");
+      // EIO from the commit's flush (the pages' own write would not fail so): see Run.
+      if (rc == EIO) commit_flush_error_ = s;
     } else if (txn != nullptr) {
       mdb_txn_abort(txn);
     }

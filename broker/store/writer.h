@@ -230,6 +230,7 @@ class Writer {
   size_t durable_txn_ = 0;    // every transaction up to this one is known to be on disk
   bool committing_ = false;   // the writer is in Commit(): its flush will carry the held meta pages
   Status sync_failed_;        // a failed flush: later flushes prove nothing about earlier pages
+  Status commit_flush_error_;  // the writer's last Commit failed in its flush (writer thread only)
   bool syncer_stop_ = false;
   bool refill_wanted_ = false;  // a commit grew the store: RefillWhileIdle has work until a step writes nothing
   std::condition_variable syncer_cv_;

@@ -5,6 +5,7 @@
 // batch comes back twice, its topic snapshots first (its messages are readable) and its ops once its
 // meta page is flushed; "batch" and "none" hand each batch back once. Acks are lazy: alone they wait a
 // little for other work, and they ride along with it. Waits are bounded; nothing here sleeps.
+#include <dlfcn.h>
 #include <lmdb.h>
 #include <stdlib.h>
 
@@ -28,6 +29,35 @@
 #include "broker/store/lmdb_env.h"
 #include "broker/store/writer.h"
 #include "broker/uuid.h"
+
+// fdatasync as LMDB and the writer see it: this test binary's own definition comes first in the
+// dynamic lookup. Armed for one descriptor, it holds the first flush until the test lets it go and
+// fails the second with EIO; every other flush is the real one.
+namespace flush_hook {
+std::mutex mu;
+std::condition_variable cv;
+int fd = -1;
+int calls = 0;
+bool released = false;
+}  // namespace flush_hook
+
+extern "C" int fdatasync(int fd) {
+  static const auto real = reinterpret_cast<int (*)(int)>(dlsym(RTLD_NEXT, "fdatasync"));
+  {
+    std::unique_lock lock(flush_hook::mu);
+    if (fd == flush_hook::fd) {
+      const int call = ++flush_hook::calls;
+      flush_hook::cv.notify_all();
+      if (call == 1) {
+        flush_hook::cv.wait(lock, [] { return flush_hook::released; });
+      } else if (call == 2) {
+        errno = EIO;
+        return -1;
+      }
+    }
+  }
+  return real(fd);
+}
 
 namespace sluice::broker::store {
 namespace {
@@ -407,6 +437,48 @@ TEST_F(WriterTest, AnIdleWriterRefillsTheStoreFilesTail) {
   EXPECT_EQ(std::filesystem::file_size(path), full) << "used " << used();
   writer_->Stop();
   EXPECT_EQ(env_->file_size(), full);
+}
+
+// A commit whose flush fails (EIO) may have lost the meta pages of the commits held before it, and
+// Linux reports a failed writeback only once: the syncer's next flush would succeed. So those held
+// batches must come back failed, not durable.
+TEST_F(WriterTest, AFailedCommitFlushFailsTheBatchesHeldBeforeIt) {
+  config_.preallocate = 0;  // no flushes of its own in between
+  StartWriter(Durability::kSync);
+  ASSERT_NE(writer_, nullptr);
+  mdb_filehandle_t lmdb_fd;
+  ASSERT_EQ(mdb_env_get_fd(env_->env(), &lmdb_fd), 0);
+  {
+    std::lock_guard lock(flush_hook::mu);
+    flush_hook::fd = lmdb_fd;
+    flush_hook::calls = 0;
+    flush_hook::released = false;
+  }
+  // A commits; its flush is held while B is queued, so that A's meta page waits for B's flush.
+  std::vector<Uuid> a = EnqueuePublishes(kTopic, 1, 1);
+  {
+    std::unique_lock lock(flush_hook::mu);
+    ASSERT_TRUE(flush_hook::cv.wait_for(lock, kDeadline, [] { return flush_hook::calls >= 1; }));
+  }
+  std::vector<Uuid> b = EnqueuePublishes(kTopic, 1, 1);
+  {
+    std::lock_guard lock(flush_hook::mu);
+    flush_hook::released = true;
+    flush_hook::cv.notify_all();
+  }
+  const bool returned = WaitUntil([&] { return CountReturned(OpKind::kPublish) >= 2; });
+  {
+    std::lock_guard lock(flush_hook::mu);
+    flush_hook::fd = -1;
+  }
+  ASSERT_TRUE(returned);
+  auto first = FindPublish(a[0]);
+  auto second = FindPublish(b[0]);
+  ASSERT_TRUE(first && second);
+  EXPECT_FALSE(second->op->status.ok());
+  EXPECT_FALSE(first->op->status.ok()) << "A was answered as durable after a flush that may have lost it";
+  EXPECT_NE(first->op->status.message().find("Input/output error"), std::string::npos)
+      << first->op->status.ToString();
 }
 
 // ---- durability "batch" and "none": one hand-back per batch -------------------------------------------
