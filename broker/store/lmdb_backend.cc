@@ -856,6 +856,13 @@ void LmdbBackend::FinishBundle(uint64_t delivery_id, WriteOp& op, const BundleCa
   }
   InFlight f = TakeLease(it);
   if (op.status.ok() && op.bundle_result.outcome == BundleOutcome::kCommitted) {
+    // Its publishes count as published, as a Publish frame's do (a re-run's repeats do not).
+    const auto& published = op.bundle_result.published;
+    for (size_t i = 0; i < published.size() && i < op.bundle.publishes.size(); ++i) {
+      if (published[i].duplicate) continue;
+      auto t = topics_by_name_.find(op.bundle.publishes[i].topic);
+      if (t != topics_by_name_.end()) ++t->second->published;
+    }
     SettleAck(std::move(f));
     ScheduleWork();
     done(op.bundle_result);

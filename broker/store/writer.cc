@@ -837,6 +837,13 @@ void Writer::ApplyBundle(MDB_txn* txn, WriteOp* op, bool refuse_publishes) {
       sub.kind = OpKind::kPublish;
       sub.now_us = op->now_us;
       sub.publish = std::move(p);
+      // Back into the bundle however this ends (MDB_MAP_FULL throws): a batch retried after the map
+      // grew applies the bundle again, and the loop counts each topic's publishes by the request.
+      struct Restore {
+        PublishRequest& to;
+        PublishRequest& from;
+        ~Restore() { to = std::move(from); }
+      } restore{p, sub.publish};
       ApplyPublish(child, &sub, refuse_publishes);
       if (!sub.status.ok()) {
         undo();

@@ -846,6 +846,39 @@ TEST_P(BackendSemanticsTest, MapGrowsUpToMaxMapSize) {
   for (int i = 0; i < 300; ++i) ASSERT_TRUE(Publish("t", "", std::string(2000, 'x')).ok()) << i;
 }
 
+// A bundle in a commit that hits MDB_MAP_FULL is applied again once the map has grown: its publishes
+// are stored whole, not the leftovers of the first attempt.
+TEST_P(BackendSemanticsTest, ABundleRetriedAfterTheMapGrewStoresItsPublishesWhole) {
+  options_.broker.map_size = 256 << 10;
+  options_.broker.max_map_size = 4 << 20;
+  Open();
+  Sink in, out;
+  uint64_t handler = Subscribe(Sub("in", "h"), &in, 10);
+  uint64_t reader = Subscribe(Sub("out", "r"), &out, 10);
+  ASSERT_TRUE(Publish("in", "", "go").ok());
+  Settle();
+  ASSERT_EQ(in.got.size(), 1u);
+  BundleRequest bundle;
+  bundle.consumer_id = handler;
+  bundle.delivery_id = in.got[0].delivery_id;
+  bundle.keyspace = "h";
+  bundle.version = 1;
+  const std::string big(600 << 10, 'b');  // more than the whole initial map
+  PublishRequest effect = Request("out", "", big);
+  effect.dedupe = true;
+  bundle.publishes.push_back(std::move(effect));
+  std::optional<Result<BundleResult>> committed;
+  backend_->CommitBundle(std::move(bundle), [&](Result<BundleResult> r) { committed = std::move(r); });
+  ASSERT_TRUE(RunUntil([&] { return committed.has_value(); }));
+  ASSERT_TRUE(committed->ok()) << committed->status().ToString();
+  EXPECT_EQ((*committed)->outcome, BundleOutcome::kCommitted);
+  Settle();
+  ASSERT_EQ(out.got.size(), 1u);
+  EXPECT_EQ(out.got[0].payload, big);
+  EXPECT_EQ(Topic("out").published, 1u);
+  (void)reader;
+}
+
 TEST_P(BackendSemanticsTest, RestartKeepsCursorsAcksDeadLettersCountsAndDedupe) {
   options_.broker.durability = Durability::kSync;
   Open();
@@ -994,6 +1027,8 @@ TEST_P(BackendSemanticsTest, ARequestAConsumerCanTakeIsDeliveredWithoutBeingStor
   ASSERT_TRUE(committed->ok()) << committed->status().ToString();
   EXPECT_EQ((*committed)->outcome, BundleOutcome::kCommitted);
   EXPECT_EQ(Topic("events").messages, 1u);
+  EXPECT_EQ(Topic("events").published, 1u) << "a bundle's publishes count as published";
+  EXPECT_EQ(Topic("rq").published, 2u);
   EXPECT_EQ(Topic("rq").messages, 0u);
   EXPECT_EQ(SubInfo("rq", "handler").in_flight, 0u);
   Reopen();
