@@ -72,12 +72,12 @@ const T* Verified(const std::string& payload, const char* id) {
 }
 
 Result<std::string> Ask(client::Connection& c, const std::string& topic, const std::string& type,
-                        const std::string& payload) {
+                        const std::string& payload, std::chrono::milliseconds timeout = 10s) {
   client::OutMessage m;
   m.topic = topic;
   m.type = type;
   m.payload = payload;
-  auto r = c.Request(m, 10s);
+  auto r = c.Request(m, timeout);
   if (!r.ok()) return r.status();
   if (!r->error.empty()) return Status(StatusCode::kInvalidArgument, r->error);
   return r->payload;
@@ -136,8 +136,9 @@ std::map<std::string, orders::OrderStatus> AllOrders(client::Connection& c,
   return out;
 }
 
-std::pair<int64_t, int64_t> Stock(client::Connection& c, const std::string& sku) {
-  auto r = Ask(c, "inventory.commands", "orders.ShowStock", ShowStockPayload(sku));
+std::pair<int64_t, int64_t> Stock(client::Connection& c, const std::string& sku,
+                                  std::chrono::milliseconds timeout = 10s) {
+  auto r = Ask(c, "inventory.commands", "orders.ShowStock", ShowStockPayload(sku), timeout);
   if (!r.ok()) return {-1, -1};
   const auto* l = Verified<orders::StockList>(*r, orders::StockListIdentifier());
   if (l == nullptr || l->items() == nullptr || l->items()->size() != 1) return {-1, -1};
@@ -181,8 +182,9 @@ class PipelineTest : public ::testing::Test {
     auto c = d_->Connect("storefront");
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     conn_ = std::move(*c);
-    // The plugins are up once inventory answers a query.
-    ASSERT_TRUE(Eventually([&] { return Stock(*conn_, "SKU-1").first >= 0; })) << d_->Log();
+    // The plugins are up once inventory answers a query. A query sent before Inventory subscribed to
+    // its commands (from the latest) is never delivered: ask again soon rather than wait out 10 s.
+    ASSERT_TRUE(Eventually([&] { return Stock(*conn_, "SKU-1", 500ms).first >= 0; })) << d_->Log();
   }
   std::unique_ptr<DaemonProcess> d_;
   std::unique_ptr<client::Connection> conn_;
@@ -300,7 +302,8 @@ TEST_F(PipelineTest, AnalyticsDropInBackfillsToTheOrderCounts) {
   const orders::AnalyticsReport* report = nullptr;
   std::string payload;
   EXPECT_TRUE(Eventually([&] {
-    auto r = Ask(*conn_, "analytics.commands", "orders.AnalyticsQuery", AnalyticsQueryPayload(10));
+    // Short: a query sent before the drop-in subscribed is never delivered (as in StartDaemon).
+    auto r = Ask(*conn_, "analytics.commands", "orders.AnalyticsQuery", AnalyticsQueryPayload(10), 500ms);
     if (!r.ok()) return false;
     payload = *r;
     report = Verified<orders::AnalyticsReport>(payload, orders::AnalyticsReportIdentifier());
