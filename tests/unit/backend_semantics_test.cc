@@ -181,6 +181,25 @@ class BackendSemanticsTest : public ::testing::TestWithParam<BackendFactory> {
     return seqs;
   }
 
+  // Commits, for the delivery `d` of `consumer`, a bundle that publishes `payload` to `topic` (and
+  // writes `writes`), and runs the loop until it is answered.
+  Result<BundleResult> CommitBundlePublishing(uint64_t consumer, const Got& d, const std::string& topic,
+                                              const std::string& payload, std::vector<KvMutation> writes = {}) {
+    BundleRequest bundle;
+    bundle.consumer_id = consumer;
+    bundle.delivery_id = d.delivery_id;
+    bundle.keyspace = "handler";
+    bundle.version = 1;
+    bundle.writes = std::move(writes);
+    PublishRequest effect = Request(topic, "", payload);
+    effect.dedupe = true;
+    bundle.publishes.push_back(std::move(effect));
+    std::optional<Result<BundleResult>> committed;
+    backend_->CommitBundle(std::move(bundle), [&](Result<BundleResult> r) { committed = std::move(r); });
+    if (!RunUntil([&] { return committed.has_value(); })) return Internal("the bundle was not answered");
+    return std::move(*committed);
+  }
+
   // Publishes a Request (a message with a reply token) and runs the loop a few passes, enough for a
   // direct delivery; its callback may run only once a consumer settles it.
   void PublishRequestTo(const std::string& topic, uint64_t reply_token,
@@ -858,20 +877,10 @@ TEST_P(BackendSemanticsTest, ABundleRetriedAfterTheMapGrewStoresItsPublishesWhol
   ASSERT_TRUE(Publish("in", "", "go").ok());
   Settle();
   ASSERT_EQ(in.got.size(), 1u);
-  BundleRequest bundle;
-  bundle.consumer_id = handler;
-  bundle.delivery_id = in.got[0].delivery_id;
-  bundle.keyspace = "h";
-  bundle.version = 1;
   const std::string big(600 << 10, 'b');  // more than the whole initial map
-  PublishRequest effect = Request("out", "", big);
-  effect.dedupe = true;
-  bundle.publishes.push_back(std::move(effect));
-  std::optional<Result<BundleResult>> committed;
-  backend_->CommitBundle(std::move(bundle), [&](Result<BundleResult> r) { committed = std::move(r); });
-  ASSERT_TRUE(RunUntil([&] { return committed.has_value(); }));
-  ASSERT_TRUE(committed->ok()) << committed->status().ToString();
-  EXPECT_EQ((*committed)->outcome, BundleOutcome::kCommitted);
+  Result<BundleResult> committed = CommitBundlePublishing(handler, in.got[0], "out", big);
+  ASSERT_TRUE(committed.ok()) << committed.status().ToString();
+  EXPECT_EQ(committed->outcome, BundleOutcome::kCommitted);
   Settle();
   ASSERT_EQ(out.got.size(), 1u);
   EXPECT_EQ(out.got[0].payload, big);
@@ -1012,20 +1021,10 @@ TEST_P(BackendSemanticsTest, ARequestAConsumerCanTakeIsDeliveredWithoutBeingStor
   // Settled by a bundle: its effects commit, and there is no ack of a stored message to record.
   PublishRequestTo("rq", 8, &published);
   ASSERT_EQ(sink.got.size(), 2u);
-  BundleRequest bundle;
-  bundle.consumer_id = id;
-  bundle.delivery_id = sink.got[1].delivery_id;
-  bundle.keyspace = "handler";
-  bundle.version = 1;
-  bundle.writes.push_back(KvMutation{"k", "v", false});
-  PublishRequest effect = Request("events", "", "answered");
-  effect.dedupe = true;
-  bundle.publishes.push_back(std::move(effect));
-  std::optional<Result<BundleResult>> committed;
-  backend_->CommitBundle(std::move(bundle), [&](Result<BundleResult> r) { committed = std::move(r); });
-  ASSERT_TRUE(RunUntil([&] { return committed.has_value(); }));
-  ASSERT_TRUE(committed->ok()) << committed->status().ToString();
-  EXPECT_EQ((*committed)->outcome, BundleOutcome::kCommitted);
+  Result<BundleResult> committed =
+      CommitBundlePublishing(id, sink.got[1], "events", "answered", {KvMutation{"k", "v", false}});
+  ASSERT_TRUE(committed.ok()) << committed.status().ToString();
+  EXPECT_EQ(committed->outcome, BundleOutcome::kCommitted);
   EXPECT_EQ(Topic("events").messages, 1u);
   EXPECT_EQ(Topic("events").published, 1u) << "a bundle's publishes count as published";
   EXPECT_EQ(Topic("rq").published, 2u);
