@@ -100,7 +100,9 @@ class Ctl {
   // After `plugin load` or `plugin restart`: waits (within --timeout) until the plugin's workers run
   // or it has failed, so the exit status says whether it started, not only that the daemon took the
   // command. A plugin in backoff has failed to start at least once: that is reported at once.
-  int WaitStarted(const std::string& name) {
+  // After plugin load/restart: waits until the plugin runs. After unload: until its workers have
+  // exited, so that a load right after it finds the plugin stopped, not "already running".
+  int WaitState(const std::string& name, bool running) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(g_.timeout_ms);
     for (;;) {
       auto r = conn_->Admin("plugins", json::object(), std::chrono::milliseconds(g_.timeout_ms));
@@ -114,18 +116,19 @@ class Ctl {
       }
       const std::string state = entry.value("state", "");
       const std::string error = entry.value("last_error", "");
-      if (state == "running") {
+      if (running ? state == "running" : (state == "stopped" || state == "disabled" || state == "failed")) {
         if (!g_.json_output) {
           std::printf("%s: %s (%d/%d workers)\n", name.c_str(), state.c_str(), entry.value("running", 0),
                       entry.value("instances", 0));
         }
         return kExitOk;
       }
-      if (state == "failed" || state == "backoff" || entry.is_null()) {
+      if (running && (state == "failed" || state == "backoff" || entry.is_null())) {
         std::fprintf(stderr, "sluicectl: plugin %s did not start (%s): %s\n", name.c_str(),
                      entry.is_null() ? "not configured" : state.c_str(), error.empty() ? "-" : error.c_str());
         return kExitFailed;
       }
+      if (!running && entry.is_null()) return kExitOk;  // removed from the configuration meanwhile
       if (std::chrono::steady_clock::now() >= deadline) {
         std::fprintf(stderr, "sluicectl: plugin %s is still %s after %d ms\n", name.c_str(), state.c_str(),
                      g_.timeout_ms);
@@ -353,13 +356,13 @@ int main(int argc, char** argv) {
   auto plugin_cmd = [&](const char* name, const char* help, const char* command, const char* done) {
     auto* c = plugin->add_subcommand(name, help);
     c->add_option("name", plugin_name, "the plugin's name, as in its [[plugin]] table")->required();
-    const bool wait = std::string_view(name) != "unload";
-    c->callback([&, command, done, wait] {
-      action = [&, command, done, wait] {
+    const bool running = std::string_view(name) != "unload";
+    c->callback([&, command, done, running] {
+      action = [&, command, done, running] {
         Ctl ctl(g);
         int rc = ctl.Call(command, {{"name", plugin_name}},
                           [done](const json&) { std::printf("%s: %s\n", plugin_name.c_str(), done); });
-        return rc == kExitOk && wait ? ctl.WaitStarted(plugin_name) : rc;
+        return rc == kExitOk ? ctl.WaitState(plugin_name, running) : rc;
       };
     });
   };

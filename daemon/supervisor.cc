@@ -726,6 +726,10 @@ Status Supervisor::Load(const PluginConfig& config) {
   }
   Plugin* p = Find(config.name);
   if (p != nullptr && !p->removing) {
+    if (std::any_of(p->workers.begin(), p->workers.end(),
+                    [](const auto& w) { return w->state == WorkerState::kStopping; })) {
+      return Unavailable(fmt::format("plugin {} is still stopping; try again when it is stopped", config.name));
+    }
     if (p->AnyAlive() || std::any_of(p->workers.begin(), p->workers.end(), [](const auto& w) {
           return w->state == WorkerState::kBackoff;
         })) {

@@ -83,6 +83,22 @@ client::PublishAck MustPublish(client::Connection& c, const std::string& topic, 
 
 bool ProcessGone(int pid) { return ::kill(pid, 0) != 0 && errno == ESRCH; }
 
+// utime + stime of a process, in clock ticks (0 once it is gone).
+long CpuTicks(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto end = stat.rfind(')');
+  if (end == std::string::npos) return 0;
+  std::istringstream fields(stat.substr(end + 2));
+  std::string f;
+  long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && fields >> f; ++i) {
+    if (i == 14) utime = std::stol(f);
+    if (i == 15) stime = std::stol(f);
+  }
+  return utime + stime;
+}
+
 // True once every named plugin's workers have subscribed. Publish only after that when several
 // plugins share a topic: once one has acked a message that no other subscription holds, the store
 // deletes it, and a subscription created afterwards starts after it (as the slower ASan build showed).
@@ -588,8 +604,10 @@ TEST(PluginHostTest, UnloadStopsTheWorkersAndTheirMessagesWait) {
   ASSERT_EQ(pids.size(), 2u);
   CommandResult r = d.Ctl({"plugin", "unload", "ok"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  ASSERT_TRUE(WaitUntil([&] { return Plugin(d, "ok").value("state", "") == "stopped"; })) << Plugin(d, "ok");
-  for (const auto& pid : pids) EXPECT_TRUE(WaitUntil([&] { return ProcessGone(pid.get<int>()); }));
+  EXPECT_THAT(r.out, HasSubstr("ok: stopped (0/2 workers)"));
+  // sluicectl returns once the workers have exited and were reaped: no waiting here.
+  EXPECT_EQ(Plugin(d, "ok").value("state", ""), "stopped") << Plugin(d, "ok");
+  for (const auto& pid : pids) EXPECT_TRUE(ProcessGone(pid.get<int>())) << pid;
   auto c = MustConnect(d);
   ASSERT_NE(c, nullptr);
   MustPublish(*c, "in", "while-unloaded");
@@ -601,6 +619,37 @@ TEST(PluginHostTest, UnloadStopsTheWorkersAndTheirMessagesWait) {
   r = d.Ctl({"plugin", "unload", "nosuch"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("no plugin named nosuch"));
+  EXPECT_EQ(d.Stop(), 0);
+}
+
+TEST(PluginHostTest, ALoadWhileTheWorkersAreStillStoppingIsRefusedUntilTheyHaveExited) {
+  // The hanging handler keeps its worker alive after SIGTERM until the daemon's shutdown_timeout kills it.
+  DaemonProcess d("shutdown_timeout = \"2s\"\n" + PluginDir() +
+                  "[[plugin]]\nname = \"hang\"\nhandler_timeout = \"60s\"\n");
+  ASSERT_TRUE(d.Start());
+  ASSERT_TRUE(WorkersSubscribed(d, {"hang"})) << Plugin(d, "hang") << d.Log();
+  auto c = MustConnect(d);
+  ASSERT_NE(c, nullptr);
+  json pids = Plugin(d, "hang")["pids"];
+  ASSERT_EQ(pids.size(), 1u);
+  const int pid = pids[0].get<int>();
+  const long before = CpuTicks(pid);
+  MustPublish(*c, "in", "hang");
+  // The handler spins: once the worker has burnt 200 ms of CPU it is in it (an idle worker burns none).
+  ASSERT_TRUE(WaitUntil([&] { return CpuTicks(pid) - before >= sysconf(_SC_CLK_TCK) / 5; }));
+  CommandResult r = d.Ctl({"--timeout", "300", "plugin", "unload", "hang"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("plugin hang is still stopping after 300 ms"));
+  r = d.Ctl({"plugin", "load", "hang"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("plugin hang is still stopping; try again when it is stopped"));
+  // A second unload waits out the kill.
+  r = d.Ctl({"plugin", "unload", "hang"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("hang: stopped (0/1 workers)"));
+  r = d.Ctl({"plugin", "load", "hang"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("hang: running (1/1 workers)"));
   EXPECT_EQ(d.Stop(), 0);
 }
 
