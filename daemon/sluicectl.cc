@@ -94,14 +94,17 @@ class Ctl {
     } else {
       human(*r);
     }
+    result_ = std::move(*r);
     return kExitOk;
   }
+  // The answer of the last successful Call().
+  const json& result() const { return result_; }
 
   // After `plugin load` or `plugin restart`: waits (within --timeout) until the plugin's workers run
   // or it has failed, so the exit status says whether it started, not only that the daemon took the
-  // command. A plugin in backoff has failed to start at least once: that is reported at once.
-  // After plugin load/restart: waits until the plugin runs. After unload: until its workers have
-  // exited, so that a load right after it finds the plugin stopped, not "already running".
+  // command. A plugin in backoff has failed to start at least once: that is reported at once. After
+  // `plugin unload`: waits until its workers have exited, so that a load right after it finds the
+  // plugin stopped, not "already running".
   int WaitState(const std::string& name, bool running) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(g_.timeout_ms);
     for (;;) {
@@ -141,6 +144,7 @@ class Ctl {
  private:
   Globals g_;
   std::unique_ptr<sluice::client::Connection> conn_;
+  json result_;
 };
 
 void HumanStatus(const json& s) {
@@ -434,7 +438,17 @@ int main(int argc, char** argv) {
                                             "message of it, across topics, in time order");
   trace->add_option("id", arg_id, "the correlation id")->required();
   trace->callback([&] {
-    action = [&] { return Ctl(g).Call("trace", {{"correlation_id", arg_id}}, HumanMessages); };
+    action = [&] {
+      Ctl ctl(g);
+      int rc = ctl.Call("trace", {{"correlation_id", arg_id}}, [](const json& r) {
+        if (!r.value("messages", json::array()).empty()) HumanMessages(r);
+      });
+      if (rc != kExitOk || !ctl.result().value("messages", json::array()).empty()) return rc;
+      // As grep does: nothing found is status 1, so a script can tell.
+      std::fprintf(stderr, "sluicectl: no stored message has correlation id %s (acked messages stay only as long as "
+                           "their topic's retention)\n", arg_id.c_str());
+      return kExitFailed;
+    };
   });
   auto* publish = app.add_subcommand("publish", "publish standard input as one message to TOPIC and wait for "
                                                 "the broker's confirmation");

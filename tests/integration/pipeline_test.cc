@@ -220,6 +220,17 @@ TEST_F(PipelineTest, OrderIsPendingAtOnceThenConfirmedWithAThankYouMail) {
   EXPECT_THAT(types, ::testing::Contains("orders.InventoryReserved"));
   EXPECT_THAT(types, ::testing::Contains("orders.OrderConfirmed"));
   EXPECT_THAT(sources, ::testing::Contains("inventory"));
+  trace = d_->Ctl({"trace", p.order_id});
+  EXPECT_EQ(trace.exit_code, 0) << trace.err;
+  EXPECT_THAT(trace.out, HasSubstr("orders.InventoryReserved"));
+  // Nothing stored under an id: status 1 and a message, as grep finds nothing.
+  trace = d_->Ctl({"trace", "ord-000000000000000000000000"});
+  EXPECT_EQ(trace.exit_code, 1);
+  EXPECT_THAT(trace.err, HasSubstr("no stored message has correlation id ord-000000000000000000000000"));
+  EXPECT_EQ(trace.out, "");
+  trace = d_->Ctl({"--json", "trace", "ord-000000000000000000000000"});
+  EXPECT_EQ(trace.exit_code, 1);
+  EXPECT_TRUE(json::parse(trace.out)["messages"].empty()) << trace.out;
 }
 
 TEST_F(PipelineTest, InsufficientStockCancelsWithACancellationMail) {
