@@ -97,7 +97,7 @@ struct TopicInfo {
   uint64_t first_seq = 0;
   uint64_t last_seq = 0;
   uint64_t published = 0;         // since the daemon started
-  double publish_rate = 0;        // messages/s, recent
+  double publish_rate = 0;        // messages/s over the last 10 s
   std::vector<std::string> subscriptions;
 };
 
@@ -113,7 +113,7 @@ struct SubscriptionInfo {
   uint64_t delivered = 0;
   uint64_t acked = 0;
   uint64_t redelivered = 0;
-  double ack_rate = 0;            // messages/s, recent
+  double ack_rate = 0;            // messages/s over the last 10 s
   int64_t oldest_unacked_age_us = 0;
   int64_t drain_eta_us = -1;      // estimated time to drain at the recent ack rate; -1 unknown
 };

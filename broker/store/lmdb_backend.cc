@@ -96,23 +96,32 @@ struct ParkInfo {
   uint64_t first_waiting = UINT64_MAX;  // the oldest message of the key passed over while parked
 };
 
+// A counter's rate over the last kRateWindowUs: RunTimers() samples the counter about once a second,
+// and a query divides the growth since the oldest sample in the window by the time since it. So the
+// rate is the same whoever asks and however often, and falls to 0 within the window once the counter
+// stops (a rate worked out since the previous query stayed at its last value until the next one).
+constexpr int64_t kRateSampleUs = 1'000'000;
+constexpr int64_t kRateWindowUs = 10'000'000;
+
 struct Rate {
-  uint64_t last_count = 0;
-  int64_t last_us = 0;
-  double value = 0;
-  double Update(uint64_t count, int64_t now_us) {
-    if (last_us == 0) {
-      last_us = now_us;
-      last_count = count;
-      return value;
+  struct Point {
+    int64_t at_us;
+    uint64_t count;
+  };
+  std::deque<Point> samples;  // oldest first, at least kRateSampleUs apart
+
+  void Record(uint64_t count, int64_t now_us) {
+    if (!samples.empty() && now_us - samples.back().at_us < kRateSampleUs) return;
+    samples.push_back({now_us, count});
+    while (samples.front().at_us < now_us - kRateWindowUs) samples.pop_front();
+  }
+  double Value(uint64_t count, int64_t now_us) const {
+    for (const Point& s : samples) {  // the oldest sample inside the window
+      if (s.at_us < now_us - kRateWindowUs) continue;
+      int64_t dt = now_us - s.at_us;
+      return dt > 0 ? static_cast<double>(count - s.count) * 1e6 / static_cast<double>(dt) : 0;
     }
-    int64_t dt = now_us - last_us;
-    if (dt >= 1000000) {
-      value = static_cast<double>(count - last_count) * 1e6 / static_cast<double>(dt);
-      last_us = now_us;
-      last_count = count;
-    }
-    return value;
+    return 0;
   }
 };
 
@@ -1005,8 +1014,10 @@ void LmdbBackend::Detach(uint64_t consumer_id, bool crashed) {
 
 void LmdbBackend::RunTimers() {
   int64_t now = clock_.NowUs();
+  for (auto& [id, t] : topics_) t->rate.Record(t->published, now);
   for (auto& [id, sp] : subs_) {
     Sub* s = sp.get();
+    s->ack_rate.Record(s->acked, now);
     while (s->lease_head != nullptr && s->lease_head->deadline_us <= now) {
       Requeue(TakeLease(leases_.find(s->lease_head->delivery_id)), now, "lease expired (ack_wait)", false);
     }
@@ -1389,7 +1400,7 @@ Result<std::vector<TopicInfo>> LmdbBackend::ListTopics() {
     info.first_seq = t->rec.first_seq;
     info.last_seq = t->rec.last_seq;
     info.published = t->published;
-    info.publish_rate = t->rate.Update(t->published, now);
+    info.publish_rate = t->rate.Value(t->published, now);
     for (Sub* s : t->subs) info.subscriptions.push_back(s->name);
     out.push_back(std::move(info));
   }
@@ -1414,7 +1425,7 @@ Result<std::vector<SubscriptionInfo>> LmdbBackend::ListSubscriptions() {
     info.delivered = s->delivered;
     info.acked = s->acked;
     info.redelivered = s->redelivered;
-    info.ack_rate = s->ack_rate.Update(s->acked, now);
+    info.ack_rate = s->ack_rate.Value(s->acked, now);
     if (info.pending > 0 && read_->Begin().ok()) {
       SeqKey k0(s->topic->rec.id, s->acks.floor() + 1);
       MDB_val k = MdbVal(k0.bytes, sizeof k0.bytes), v;

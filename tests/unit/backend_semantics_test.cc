@@ -339,6 +339,29 @@ TEST_P(BackendSemanticsTest, FanOutToThreeSubscriptions) {
   EXPECT_EQ(Topic("orders").messages, 0u) << "acked by every subscription and no retention";
 }
 
+TEST_P(BackendSemanticsTest, RatesCoverTheLastTenSecondsWhoeverAsks) {
+  Open();
+  Sink sink;
+  uint64_t c = Subscribe(Sub("r", "s"), &sink, 100);
+  backend_->RunTimers();  // the first sample: nothing published yet
+  PublishN("r", 20);
+  Settle();
+  AckAll(sink, c);
+  Settle();
+  clock_.Advance(seconds(2));
+  backend_->RunTimers();
+  EXPECT_DOUBLE_EQ(Topic("r").publish_rate, 10.0);
+  EXPECT_DOUBLE_EQ(Topic("r").publish_rate, 10.0) << "a second look sees the same window";
+  EXPECT_DOUBLE_EQ(SubInfo("r", "s").ack_rate, 10.0);
+  // Quiet for longer than the window: the rates fall to zero, not stay at their last value.
+  for (int i = 0; i < 10; ++i) {
+    clock_.Advance(seconds(1));
+    backend_->RunTimers();
+  }
+  EXPECT_DOUBLE_EQ(Topic("r").publish_rate, 0.0);
+  EXPECT_DOUBLE_EQ(SubInfo("r", "s").ack_rate, 0.0);
+}
+
 TEST_P(BackendSemanticsTest, CompetingConsumersShareWithinCredit) {
   Open();
   Sink a, b;
