@@ -2,11 +2,13 @@
 //
 // pipeline-bench: the order pipeline (issue 5) measured end to end against a live sluiced that runs the
 // order, inventory, notification and analytics plugins (bench/run-pipeline-bench.sh starts one). It
-// starts nothing itself. --clients threads each own one Connection and place orders with PlaceOrder
-// Request frames on order.commands, as a storefront would, keeping --pipeline requests in flight on it
-// (default 1: a synchronous storefront, one thread per concurrent order; more is an asynchronous one
-// that multiplexes its orders over few connections, as a load generator like wrk does, so the
-// benchmark's own threads take less of the machine it measures). The concurrency is clients x pipeline.
+// starts nothing itself. --clients connections place orders with PlaceOrder Request frames on
+// order.commands, as a storefront would, each keeping --pipeline requests in flight (default 1: a
+// synchronous storefront, one connection per concurrent order; more is an asynchronous one that
+// multiplexes its orders over few connections). The concurrency is clients x pipeline. The connections
+// are driven by --threads sender threads (default 2), each waiting on its share of them at once (epoll), as a
+// load generator like wrk does: a thread per connection would put its scheduling delays into the
+// latency measured and take CPU from the daemon on the machine it measures.
 // One more connection consumes order.events on its own durable subscription (--subscription, start
 // "latest") and takes the arrival of each OrderConfirmed / OrderCancelled, matched by correlation id
 // (the order id), as the moment the order reached its final state. Per run it prints orders placed/s,
@@ -15,15 +17,19 @@
 // Each run places --orders orders; the median, min and max over --runs runs are printed, as sluice-bench
 // does.
 //
-// Threads: the client threads and the watcher thread share only an atomic order counter and the table
+// Threads: the sender threads and the watcher thread share only an atomic order counter and the table
 // of placed orders waiting for their final event (under a mutex). Each Connection stays on its thread.
+#include <sys/epoll.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <memory>
 #include <mutex>
@@ -53,6 +59,7 @@ struct Options {
   std::string socket = "run/broker.sock";
   int clients = 16;
   int pipeline = 1;  // PlaceOrder requests in flight per client connection
+  int threads = 2;   // sender threads the client connections are spread over
   size_t orders = 10000;
   int runs = 3;
   double rate = 0;  // orders/s over all clients; 0: each client places its next order at once
@@ -197,7 +204,7 @@ RunResult Run(const Options& o, int run) {
 
   std::atomic<size_t> next{0};
   std::atomic<size_t> errors{0};
-  std::atomic<int> clients_left{o.clients};
+  std::atomic<int> clients_left{o.threads};
   std::atomic<int64_t> last_reply_ns{0};
   std::vector<std::vector<double>> reply_us(static_cast<size_t>(o.clients));
   std::mutex error_mu;
@@ -246,57 +253,101 @@ RunResult Run(const Options& o, int run) {
     (void)watcher->Flush();
   });
 
-  std::vector<std::thread> threads;
-  for (int c = 0; c < o.clients; ++c) {
-    threads.emplace_back([&, c] {
-      Connection& conn = *conns[static_cast<size_t>(c)];
-      auto& lat = reply_us[static_cast<size_t>(c)];
-      sluice::client::OutMessage m;
-      m.topic = "order.commands";
-      m.type = "orders.PlaceOrder";
-      auto send_time = [&](size_t n) {
-        return start + std::chrono::duration_cast<Clock::duration>(
-                           std::chrono::duration<double>(static_cast<double>(n) / o.rate));
-      };
-      auto failed = [&](const std::string& error) {
-        errors.fetch_add(1);
-        std::lock_guard lock(error_mu);
-        if (first_error.empty()) first_error = error;
-      };
+  // One sender thread drives the connections c, c + threads, c + 2 threads, ...: it places the next order
+  // on a connection with room for one more in flight (or waits until the next paced order is due), and
+  // waits on all of its connections at once (epoll) for replies.
+  auto drive = [&](int first) {
+    struct Client {
+      Connection* conn;
+      std::vector<double>* lat;
       std::unordered_map<uint64_t, int64_t> in_flight;  // request id -> when it was sent (ns)
-      std::optional<size_t> due;                        // an order waiting for its paced send time
-      bool exhausted = false;
-      for (;;) {
-        while (!exhausted && in_flight.size() < static_cast<size_t>(o.pipeline)) {
-          size_t n = due ? *due : next.fetch_add(1);
-          due.reset();
-          if (n >= o.orders) {
-            exhausted = true;
-            break;
-          }
-          if (o.rate > 0 && Clock::now() < send_time(n)) {
-            due = n;
-            break;
-          }
-          m.payload = PlaceOrderPayload(o, static_cast<size_t>(run) * o.orders + n);
-          int64_t t0 = NowNs();
-          auto id = conn.RequestAsync(m, 30s);
-          if (!id.ok()) {
-            failed(id.status().ToString());
-            continue;
-          }
-          in_flight.emplace(*id, t0);
+      bool broken = false;
+    };
+    std::vector<Client> clients;
+    for (int c = first; c < o.clients; c += o.threads) {
+      clients.push_back({conns[static_cast<size_t>(c)].get(), &reply_us[static_cast<size_t>(c)], {}});
+    }
+    int ep = ::epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0) Fail("epoll_create1", sluice::Status(sluice::StatusCode::kUnavailable, std::strerror(errno)));
+    std::deque<size_t> room;  // clients with fewer than --pipeline requests in flight
+    for (size_t i = 0; i < clients.size(); ++i) {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.u64 = i;
+      if (::epoll_ctl(ep, EPOLL_CTL_ADD, clients[i].conn->fd(), &ev) != 0) {
+        Fail("epoll_ctl", sluice::Status(sluice::StatusCode::kUnavailable, std::strerror(errno)));
+      }
+      for (int k = 0; k < o.pipeline; ++k) room.push_back(i);  // one entry per free slot
+    }
+    sluice::client::OutMessage m;
+    m.topic = "order.commands";
+    m.type = "orders.PlaceOrder";
+    auto send_time = [&](size_t n) {
+      return start + std::chrono::duration_cast<Clock::duration>(
+                         std::chrono::duration<double>(static_cast<double>(n) / o.rate));
+    };
+    auto failed = [&](const std::string& error) {
+      errors.fetch_add(1);
+      std::lock_guard lock(error_mu);
+      if (first_error.empty()) first_error = error;
+    };
+    std::optional<size_t> due;  // an order waiting for its paced send time
+    bool exhausted = false;
+    size_t in_flight = 0;
+    epoll_event events[64];
+    for (;;) {
+      while (!exhausted && !room.empty()) {
+        Client& cl = clients[room.front()];
+        if (cl.broken) {
+          room.pop_front();
+          continue;
         }
-        if (exhausted && in_flight.empty()) break;
-        // Sends what is queued, then waits for replies, or until the next paced order is due.
-        sluice::Status st = conn.PollUntil(due ? send_time(*due) : Clock::now() + 1s);
+        size_t n = due ? *due : next.fetch_add(1);
+        due.reset();
+        if (n >= o.orders) {
+          exhausted = true;
+          break;
+        }
+        if (o.rate > 0 && Clock::now() < send_time(n)) {
+          due = n;
+          break;
+        }
+        room.pop_front();
+        m.payload = PlaceOrderPayload(o, static_cast<size_t>(run) * o.orders + n);
+        int64_t t0 = NowNs();
+        auto id = cl.conn->RequestAsync(m, 30s);
+        if (id.ok()) (void)cl.conn->WriteQueued();
+        if (!id.ok()) {
+          failed(id.status().ToString());
+          continue;
+        }
+        cl.in_flight.emplace(*id, t0);
+        ++in_flight;
+      }
+      if (exhausted && in_flight == 0) break;
+      // Waits for replies, or until the next paced order is due.
+      auto deadline = due ? send_time(*due) : Clock::now() + 1s;
+      auto left = std::max<int64_t>(0, std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - Clock::now()).count());
+      timespec wait{static_cast<time_t>(left / 1'000'000'000), static_cast<long>(left % 1'000'000'000)};
+      int ready = ::epoll_pwait2(ep, events, 64, &wait, nullptr);
+      if (ready < 0 && errno != EINTR) {
+        Fail("epoll_pwait2", sluice::Status(sluice::StatusCode::kUnavailable, std::strerror(errno)));
+      }
+      for (int e = 0; e < ready; ++e) {
+        size_t i = events[e].data.u64;
+        Client& cl = clients[i];
+        if (cl.broken) continue;
+        // Writes what is left and reads what has arrived, without waiting (the deadline has passed).
+        sluice::Status st = cl.conn->PollUntil(Clock::time_point::min());
         const bool broken = !st.ok() && st.code() != sluice::StatusCode::kTimeout;
-        while (auto answer = conn.TakeReply()) {
+        while (auto answer = cl.conn->TakeReply()) {
           int64_t t1 = NowNs();
-          auto sent = in_flight.find(answer->request_id);
-          if (sent == in_flight.end()) continue;
+          auto sent = cl.in_flight.find(answer->request_id);
+          if (sent == cl.in_flight.end()) continue;
           int64_t t0 = sent->second;
-          in_flight.erase(sent);
+          cl.in_flight.erase(sent);
+          --in_flight;
+          room.push_back(i);
           std::string error;
           std::string id = answer->error.ok() ? OrderIdOf(answer->reply, &error) : "";
           if (!answer->error.ok()) error = answer->error.ToString();
@@ -304,7 +355,7 @@ RunResult Run(const Options& o, int run) {
             failed(error);
             continue;
           }
-          lat.push_back(static_cast<double>(t1 - t0) / 1e3);
+          cl.lat->push_back(static_cast<double>(t1 - t0) / 1e3);
           int64_t prev = last_reply_ns.load();
           while (prev < t1 && !last_reply_ns.compare_exchange_weak(prev, t1)) {
           }
@@ -318,13 +369,19 @@ RunResult Run(const Options& o, int run) {
         }
         if (broken) {
           // The replies that arrived before the break are counted above; the rest never will be.
-          for (size_t i = 0; i < in_flight.size(); ++i) failed(st.ToString());
-          break;
+          for (size_t k = 0; k < cl.in_flight.size(); ++k) failed(st.ToString());
+          in_flight -= cl.in_flight.size();
+          cl.in_flight.clear();
+          cl.broken = true;
+          (void)::epoll_ctl(ep, EPOLL_CTL_DEL, cl.conn->fd(), nullptr);
         }
       }
-      clients_left.fetch_sub(1);
-    });
-  }
+    }
+    ::close(ep);
+    clients_left.fetch_sub(1);
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < o.threads; ++t) threads.emplace_back(drive, t);
   for (auto& t : threads) t.join();
   watch.join();
 
@@ -390,7 +447,10 @@ int main(int argc, char** argv) {
   CLI::App app{"pipeline-bench: the order pipeline end to end against a running sluiced (see the file comment)",
                "pipeline-bench"};
   app.add_option("-s,--socket", o.socket, "broker socket of the daemon")->capture_default_str();
-  app.add_option("-c,--clients", o.clients, "concurrent storefront connections, one thread each")
+  app.add_option("-c,--clients", o.clients, "concurrent storefront connections")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
+  app.add_option("-t,--threads", o.threads, "sender threads the client connections are spread over (at most --clients)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));
   app.add_option("-p,--pipeline", o.pipeline, "PlaceOrder requests each client keeps in flight on its connection")
@@ -410,9 +470,10 @@ int main(int argc, char** argv) {
   app.add_option("--settle", o.settle_s, "seconds to wait for final events and mails after the last placement")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  o.threads = std::min(o.threads, o.clients);
 
-  std::printf("pipeline-bench: %zu orders per run, %d clients x %d in flight, %s, %d runs, socket %s\n", o.orders,
-              o.clients, o.pipeline, o.rate > 0 ? fmt::format("paced at {:.0f} orders/s", o.rate).c_str() : "closed loop", o.runs,
+  std::printf("pipeline-bench: %zu orders per run, %d clients x %d in flight on %d threads, %s, %d runs, socket %s\n",
+              o.orders, o.clients, o.pipeline, o.threads, o.rate > 0 ? fmt::format("paced at {:.0f} orders/s", o.rate).c_str() : "closed loop", o.runs,
               o.socket.c_str());
   std::fflush(stdout);
   std::vector<double> placed, finals, r50, r99, r999, rmax, c50, c99, c999, cmax, mail;
