@@ -366,8 +366,8 @@ void BrokerService::OnRequest(net::Connection& conn, Session& s, const wire::Req
   ++stats_.requests;
   uint64_t token = ++next_reply_token_;
   uint32_t timeout_ms = request.timeout_ms() > 0 ? request.timeout_ms() : kDefaultRequestTimeoutMs;
-  requests_[token] = {conn.id(), request.request_id(),
-                      clock_.NowUs() + static_cast<int64_t>(timeout_ms) * 1000};
+  requests_[token] = {conn.id(), request.request_id(), clock_.NowUs() + static_cast<int64_t>(timeout_ms) * 1000,
+                      std::chrono::steady_clock::now()};
   uint64_t conn_id = conn.id();
   uint64_t request_id = request.request_id();
   PublishEnvelope(*request.envelope(), token, SourceName(s),
@@ -399,13 +399,16 @@ bool BrokerService::RouteReply(uint64_t reply_token, const wire::Envelope* env, 
   auto out = wire::CreateReply(fbb, req.request_id, 0, out_env, err);
   wire::FinishFrame(fbb, wire::Body::Reply, out.Union());
   target->Send(fbb);
+  request_seconds_.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - req.received).count());
   return true;
 }
 
 void BrokerService::OnBundle(net::Connection& conn, Session& s, const wire::Bundle& bundle) {
   uint64_t conn_id = conn.id();
   uint64_t request_id = bundle.request_id();
-  auto ack = [this, conn_id, request_id](wire::BundleStatus status, std::string_view message) {
+  auto received = std::chrono::steady_clock::now();
+  auto ack = [this, conn_id, request_id, received](wire::BundleStatus status, std::string_view message) {
+    bundle_seconds_.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - received).count());
     switch (status) {
       case wire::BundleStatus::Committed: ++stats_.bundles_committed; break;
       case wire::BundleStatus::Conflict: ++stats_.bundles_conflict; break;

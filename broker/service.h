@@ -85,6 +85,8 @@ class BrokerService : public net::FrameHandler {
   const ServiceStats& stats() const { return stats_; }
   // From a Publish frame's arrival to its PublishAck being queued: the broker's share of a publish.
   const Histogram& publish_ack_seconds() const { return publish_ack_seconds_; }
+  const Histogram& request_seconds() const { return request_seconds_; }
+  const Histogram& bundle_seconds() const { return bundle_seconds_; }
   size_t connection_count() const { return conns_.size(); }
   // Publishes (not Requests) whose PublishAck has not been sent yet (graceful shutdown waits for zero).
   size_t in_flight_publishes() const { return in_flight_publishes_; }
@@ -100,6 +102,7 @@ class BrokerService : public net::FrameHandler {
     uint64_t conn_id;
     uint64_t request_id;
     int64_t deadline_us;
+    std::chrono::steady_clock::time_point received;  // for request_seconds
   };
 
   void OnHello(net::Connection& conn, Session& s, const wire::Hello& hello);
@@ -133,6 +136,8 @@ class BrokerService : public net::FrameHandler {
   uv_timer_t* request_timer_;
   ServiceStats stats_;
   Histogram publish_ack_seconds_{Histogram::LatencyBounds()};
+  Histogram request_seconds_{Histogram::LatencyBounds()};  // Request arrival to its Reply sent
+  Histogram bundle_seconds_{Histogram::LatencyBounds()};   // Bundle arrival to its BundleAck sent
   size_t in_flight_publishes_ = 0;
 };
 

@@ -173,6 +173,11 @@ std::string RenderMetrics(const MetricsSources& s) {
     const auto& st = s.service->stats();
     w.Histo("sluice_publish_ack_seconds", "From a Publish frame's arrival to its PublishAck (commit included).",
             s.service->publish_ack_seconds());
+    w.Histo("sluice_request_seconds",
+            "From a Request frame's arrival to its Reply (the handler's run and its commit included).",
+            s.service->request_seconds());
+    w.Histo("sluice_bundle_seconds", "From a plugin's Bundle frame's arrival to its BundleAck (commit included).",
+            s.service->bundle_seconds());
     w.Family("sluice_connections", "gauge", "Open connections on the broker socket (plugin workers included).");
     w.Sample("sluice_connections", "", s.service->connection_count());
     w.Family("sluice_protocol_errors_total", "counter", "Connections closed for a frame that broke the protocol.");
