@@ -216,7 +216,9 @@ class LmdbBackend final : public Backend {
   };
 
   static void OnAsync(uv_async_t* handle);
+  static void OnCheck(uv_check_t* handle);
   void ProcessWork();
+  void CloseHandles();
   void ScheduleWork();
   void ApplyBatch(Batch& batch);
   void UpdateTopic(const TopicSnapshot& snap);
@@ -276,7 +278,12 @@ class LmdbBackend final : public Backend {
   int read_depth_ = 0;
   StoreMetrics metrics_;  // before writer_: the writer thread observes into it until it stops
   std::unique_ptr<Writer> writer_;
-  uv_async_t* async_ = nullptr;
+  uv_async_t* async_ = nullptr;  // the writer's hand-backs (another thread)
+  // Work the loop gives itself (a bundle to enqueue, a subscription to pump) runs in the check phase of
+  // the same loop iteration, after its I/O callbacks; the idle handle, active while work is scheduled,
+  // keeps that iteration's poll from blocking when the work was scheduled before it (by a timer).
+  uv_check_t* check_ = nullptr;
+  uv_idle_t* idle_ = nullptr;
   bool work_scheduled_ = false;
   bool closing_ = false;
   bool stop_requested_ = false;  // closing_, and the writer was asked to stop
@@ -309,6 +316,7 @@ LmdbBackend::~LmdbBackend() {
              [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
     async_ = nullptr;
   }
+  CloseHandles();
   writer_.reset();
   read_.reset();
   env_.reset();
@@ -336,6 +344,16 @@ Status LmdbBackend::Open() {
     return Internal(fmt::format("uv_async_init: {}", uv_strerror(rc)));
   }
   async_->data = this;
+  check_ = new uv_check_t;
+  idle_ = new uv_idle_t;
+  uv_check_init(loop_, check_);
+  uv_idle_init(loop_, idle_);
+  check_->data = this;
+  idle_->data = this;
+  uv_check_start(check_, &LmdbBackend::OnCheck);
+  // Neither keeps the loop alive: the broker's sockets and the async handle do.
+  uv_unref(reinterpret_cast<uv_handle_t*>(check_));
+  uv_unref(reinterpret_cast<uv_handle_t*>(idle_));
 
   std::map<std::string, TopicConfig> configs;
   for (const TopicConfig& t : options_.topics) configs[t.name] = t;
@@ -381,10 +399,31 @@ void LmdbBackend::OnAsync(uv_async_t* handle) {
   if (self != nullptr) self->ProcessWork();
 }
 
+void LmdbBackend::OnCheck(uv_check_t* handle) {
+  auto* self = static_cast<LmdbBackend*>(handle->data);
+  if (self != nullptr && self->work_scheduled_) self->ProcessWork();
+}
+
 void LmdbBackend::ScheduleWork() {
-  if (work_scheduled_ || closed_ || async_ == nullptr) return;
+  if (work_scheduled_ || closed_ || idle_ == nullptr) return;
   work_scheduled_ = true;
-  uv_async_send(async_);
+  uv_idle_start(idle_, [](uv_idle_t*) {});
+}
+
+void LmdbBackend::CloseHandles() {
+  for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(check_), reinterpret_cast<uv_handle_t*>(idle_)}) {
+    if (h == nullptr) continue;
+    h->data = nullptr;
+    uv_close(h, [](uv_handle_t* handle) {
+      if (handle->type == UV_CHECK) {
+        delete reinterpret_cast<uv_check_t*>(handle);
+      } else {
+        delete reinterpret_cast<uv_idle_t*>(handle);
+      }
+    });
+  }
+  check_ = nullptr;
+  idle_ = nullptr;
 }
 
 void LmdbBackend::Complete(std::function<void()> fn) {
@@ -395,6 +434,7 @@ void LmdbBackend::Complete(std::function<void()> fn) {
 void LmdbBackend::ProcessWork() {
   ReadScope scope(this);
   work_scheduled_ = false;
+  if (idle_ != nullptr) uv_idle_stop(idle_);
   std::vector<Batch> batches;
   writer_->TakeCompleted(&batches);
   for (Batch& b : batches) {
@@ -433,6 +473,7 @@ void LmdbBackend::ProcessWork() {
       fns.swap(immediate_);
       for (auto& fn : fns) fn();
     }
+    CloseHandles();
     uv_close(reinterpret_cast<uv_handle_t*>(async_), [](uv_handle_t* h) {
       auto* self = static_cast<LmdbBackend*>(h->data);
       delete reinterpret_cast<uv_async_t*>(h);
