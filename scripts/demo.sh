@@ -19,7 +19,9 @@ for p in order inventory notification analytics; do
   ln -s "$PWD/$build/plugins/$p/$p.so" "$run/plugins/$p.so"
 done
 ctl() { "$build/daemon/sluicectl" --config "$run/sluice.toml" "$@"; }
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Headings in bold on a terminal only: a pipe or a log file gets them plain.
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+say() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 
 "$build/daemon/sluiced" --config "$run/sluice.toml" 2>"$run/sluiced.log" &
 pid=$!
@@ -39,7 +41,7 @@ say "stock before (SKU-3 is out of stock)"
 ctl stock show
 
 say "placing orders: each reply comes at once, PENDING, before Inventory or Notification ran"
-place() { printf '%-52s -> ' "order place $*"; ctl order place "$@"; }
+place() { printf '$ sluicectl order place %s\n  -> ' "$*"; ctl order place "$@"; }
 place --email ann@example.com --item SKU-1:2
 place --email bob@example.com --item SKU-2:1 --item SKU-1:1
 place --email cid@example.com --item SKU-3:1
