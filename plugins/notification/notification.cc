@@ -315,6 +315,8 @@ class NotificationPlugin final : public sdk::Plugin {
   // Links the mail into new/ and lets go of its file; 0 also when new/ has it already (a resend).
   int LinkIntoNew(PendingMail* p);
   void Discard(PendingMail* p);
+  // The named file of a mail written without O_TMPFILE.
+  std::string TmpPath(const PendingMail& p) const { return maildir_ + "/tmp/" + p.name + TmpSuffix(); }
 
   bool send_confirmation_ = false;
   std::string from_ = "orders@example.com";
@@ -600,7 +602,7 @@ int NotificationPlugin::CreateMail(PendingMail* p, std::string_view message) {
     if (rc != 0) Discard(p);
     return rc;
   }
-  const std::string path = tmp + "/" + p->name + TmpSuffix();
+  const std::string path = TmpPath(*p);
   fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return -errno;
   int rc = WriteAll(fd, message);
@@ -614,7 +616,7 @@ int NotificationPlugin::LinkIntoNew(PendingMail* p) {
   int rc = 0;
   if (p->fd >= 0) {
     if (linkat(AT_FDCWD, ProcFdPath(p->fd).c_str(), AT_FDCWD, target.c_str(), AT_SYMLINK_FOLLOW) != 0) rc = -errno;
-  } else if (link((maildir_ + "/tmp/" + p->name + TmpSuffix()).c_str(), target.c_str()) != 0) {
+  } else if (link(TmpPath(*p).c_str(), target.c_str()) != 0) {
     rc = -errno;
   }
   Discard(p);
@@ -632,7 +634,7 @@ void NotificationPlugin::Discard(PendingMail* p) {
     p->fd = -1;
     --open_mails_;
   } else {
-    unlink((maildir_ + "/tmp/" + p->name + TmpSuffix()).c_str());
+    unlink(TmpPath(*p).c_str());
   }
 }
 
