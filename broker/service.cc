@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <set>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -366,8 +367,9 @@ void BrokerService::OnRequest(net::Connection& conn, Session& s, const wire::Req
   ++stats_.requests;
   uint64_t token = ++next_reply_token_;
   uint32_t timeout_ms = request.timeout_ms() > 0 ? request.timeout_ms() : kDefaultRequestTimeoutMs;
+  const auto* topic = request.envelope()->topic();
   requests_[token] = {conn.id(), request.request_id(), clock_.NowUs() + static_cast<int64_t>(timeout_ms) * 1000,
-                      std::chrono::steady_clock::now()};
+                      std::chrono::steady_clock::now(), topic ? topic->str() : std::string()};
   uint64_t conn_id = conn.id();
   uint64_t request_id = request.request_id();
   PublishEnvelope(*request.envelope(), token, SourceName(s),
@@ -533,10 +535,25 @@ void BrokerService::SendErrorTo(uint64_t conn_id, uint64_t request_id, const Sta
 void BrokerService::OnRequestTimer(uv_timer_t* timer) {
   auto* self = static_cast<BrokerService*>(timer->data);
   int64_t now = self->clock_.NowUs();
+  // Which topics some subscription reads: looked up once per sweep, and only when a request expired.
+  std::optional<std::set<std::string>> read;
   for (auto it = self->requests_.begin(); it != self->requests_.end();) {
     if (it->second.deadline_us <= now) {
-      self->SendErrorTo(it->second.conn_id, it->second.request_id,
-                        Status(StatusCode::kTimeout, "no reply to the request within its timeout"));
+      if (!read) {
+        read.emplace();
+        if (auto topics = self->backend_->ListTopics(); topics.ok()) {
+          for (const TopicInfo& t : *topics) {
+            if (!t.subscriptions.empty()) read->insert(t.name);
+          }
+        }
+      }
+      // The common cause, said at once: the service that answers this topic was never started.
+      std::string message =
+          read->count(it->second.topic) > 0
+              ? "no reply to the request within its timeout"
+              : fmt::format("no reply to the request within its timeout: no subscription reads topic '{}'",
+                            it->second.topic);
+      self->SendErrorTo(it->second.conn_id, it->second.request_id, Status(StatusCode::kTimeout, message));
       it = self->requests_.erase(it);
     } else {
       ++it;

@@ -103,6 +103,7 @@ class BrokerService : public net::FrameHandler {
     uint64_t request_id;
     int64_t deadline_us;
     std::chrono::steady_clock::time_point received;  // for request_seconds
+    std::string topic;                                 // for the timeout's error message
   };
 
   void OnHello(net::Connection& conn, Session& s, const wire::Hello& hello);

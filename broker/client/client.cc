@@ -727,7 +727,8 @@ Result<ReplyMessage> Connection::Request(const OutMessage& message,
   if (!broken_.ok()) return broken_;
   uint64_t id = NextRequestId();
   SLUICE_RETURN_IF_ERROR(QueueRequest(id, message, timeout));
-  auto r = Call(id, Pending::kRequest, DeadlineAfter(timeout), "Reply", timeout);
+  auto r = Call(id, Pending::kRequest, DeadlineAfter(timeout + kRequestTimeoutGrace), "Reply",
+                timeout + kRequestTimeoutGrace);
   if (!r.ok()) return r.status();
   return std::move(r->reply);
 }

@@ -234,10 +234,13 @@ class Connection {
               std::string_view error);
   Status AddCredit(uint64_t consumer_id, uint32_t credit);
 
-  // Sends `message` as a Request and waits up to `timeout` for the Reply (the server is told the same
-  // timeout). A Reply carrying an error is returned as a ReplyMessage with `error` set; the server's
-  // Error frame (no consumer, timeout) is returned as the status.
+  // Sends `message` as a Request and waits for the Reply: the server is told `timeout`, and this waits
+  // a little longer (kRequestTimeoutGrace) so that the server's own timeout Error, which says more (no
+  // subscription on the topic, say), comes first. A Reply carrying an error is returned as a
+  // ReplyMessage with `error` set; the server's Error frame (no consumer, timeout) is returned as the
+  // status.
   Result<ReplyMessage> Request(const OutMessage& message, std::chrono::milliseconds timeout);
+  static constexpr std::chrono::milliseconds kRequestTimeoutGrace{500};
   // Answers a Deliver that carried `reply_token`. A non-empty `error` fails the request.
   Status Reply(uint64_t reply_token, const OutMessage& reply, std::string_view error = {});
   // Pipelined requests: queues a Request (the server is told `timeout` and answers with a kTimeout

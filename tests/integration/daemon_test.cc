@@ -90,6 +90,31 @@ TEST(DaemonTest, PublishSubscribeAckRoundTrip) {
   EXPECT_EQ(WEXITSTATUS(d.Stop()), 0);
 }
 
+// A request that times out says why when the cause is plain: nothing subscribes to its topic.
+TEST(DaemonTest, ARequestNobodyCanAnswerTimesOutNamingItsTopic) {
+  DaemonProcess d;
+  ASSERT_TRUE(d.Start());
+  auto c = d.Connect("requester");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  auto answer = (*c)->Request(Msg("nobody.commands", "question"), 300ms);
+  ASSERT_FALSE(answer.ok());
+  EXPECT_EQ(answer.status().code(), StatusCode::kTimeout);
+  EXPECT_THAT(answer.status().message(), HasSubstr("no subscription reads topic 'nobody.commands'"));
+
+  // With a subscription whose consumer does not answer, the message says no more than it knows.
+  auto sub = d.Connect("silent");
+  ASSERT_TRUE(sub.ok());
+  client::SubscribeOptions so;
+  so.topic = "silent.commands";
+  so.subscription = "server";
+  ASSERT_TRUE((*sub)->Subscribe(so).ok());
+  answer = (*c)->Request(Msg("silent.commands", "question"), 300ms);
+  ASSERT_FALSE(answer.ok());
+  EXPECT_EQ(answer.status().code(), StatusCode::kTimeout);
+  EXPECT_EQ(answer.status().message(), "no reply to the request within its timeout");
+  EXPECT_EQ(WEXITSTATUS(d.Stop()), 0);
+}
+
 TEST(DaemonTest, DlqRedriveReportsSeqsThatAreNotDeadLetters) {
   DaemonProcess d;
   ASSERT_TRUE(d.Start());
