@@ -204,7 +204,7 @@ RunResult Run(const Options& o, int run) {
 
   std::atomic<size_t> next{0};
   std::atomic<size_t> errors{0};
-  std::atomic<int> clients_left{o.threads};
+  std::atomic<int> senders_left{o.threads};
   std::atomic<int64_t> last_reply_ns{0};
   std::vector<std::vector<double>> reply_us(static_cast<size_t>(o.clients));
   std::mutex error_mu;
@@ -214,14 +214,15 @@ RunResult Run(const Options& o, int run) {
 
   std::thread watch([&] {
     std::vector<uint64_t> batch;
-    auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                       std::chrono::duration<double>(o.settle_s));
+    const auto settle = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.settle_s));
+    std::optional<Clock::time_point> deadline;  // --settle after the last placement
     for (;;) {
       {
         std::lock_guard lock(board.mu);
-        if (clients_left.load() == 0 && board.waiting.empty()) break;
+        if (senders_left.load() == 0 && board.waiting.empty()) break;
       }
-      if (Clock::now() > deadline) break;
+      if (senders_left.load() == 0 && !deadline) deadline = Clock::now() + settle;
+      if (deadline && Clock::now() > *deadline) break;
       auto d = watcher->Receive(50ms);
       if (!d.ok()) {
         if (d.status().code() != sluice::StatusCode::kTimeout) Fail("receive order.events", d.status());
@@ -262,6 +263,7 @@ RunResult Run(const Options& o, int run) {
       std::vector<double>* lat;
       std::unordered_map<uint64_t, int64_t> in_flight;  // request id -> when it was sent (ns)
       bool broken = false;
+      bool watching_output = false;  // registered for EPOLLOUT
     };
     std::vector<Client> clients;
     for (int c = first; c < o.clients; c += o.threads) {
@@ -295,6 +297,17 @@ RunResult Run(const Options& o, int run) {
     bool exhausted = false;
     size_t in_flight = 0;
     epoll_event events[64];
+    // Output the socket did not take at once: EPOLLOUT until it has (level-triggered input stays as is).
+    auto watch_output = [&](size_t i) {
+      Client& cl = clients[i];
+      const bool want = !cl.broken && cl.conn->has_queued_output();
+      if (want == cl.watching_output) return;
+      epoll_event ev{};
+      ev.events = EPOLLIN | (want ? EPOLLOUT : 0);
+      ev.data.u64 = i;
+      (void)::epoll_ctl(ep, EPOLL_CTL_MOD, cl.conn->fd(), &ev);
+      cl.watching_output = want;
+    };
     for (;;) {
       while (!exhausted && !room.empty()) {
         Client& cl = clients[room.front()];
@@ -312,19 +325,28 @@ RunResult Run(const Options& o, int run) {
           due = n;
           break;
         }
+        const size_t i = room.front();
         room.pop_front();
         m.payload = PlaceOrderPayload(o, static_cast<size_t>(run) * o.orders + n);
         int64_t t0 = NowNs();
         auto id = cl.conn->RequestAsync(m, 30s);
-        if (id.ok()) (void)cl.conn->WriteQueued();
         if (!id.ok()) {
+          // Only a broken connection refuses: its other slots are dropped as they come up.
           failed(id.status().ToString());
+          cl.broken = true;
           continue;
         }
+        (void)cl.conn->WriteQueued();
+        watch_output(i);
         cl.in_flight.emplace(*id, t0);
         ++in_flight;
       }
       if (exhausted && in_flight == 0) break;
+      if (room.empty() && in_flight == 0) {
+        // Every connection of this thread broke: what it has not placed, the other threads place.
+        failed("every connection of a sender thread broke");
+        break;
+      }
       // Waits for replies, or until the next paced order is due.
       auto deadline = due ? send_time(*due) : Clock::now() + 1s;
       auto left = std::max<int64_t>(0, std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - Clock::now()).count());
@@ -339,6 +361,7 @@ RunResult Run(const Options& o, int run) {
         if (cl.broken) continue;
         // Writes what is left and reads what has arrived, without waiting (the deadline has passed).
         sluice::Status st = cl.conn->PollUntil(Clock::time_point::min());
+        watch_output(i);
         const bool broken = !st.ok() && st.code() != sluice::StatusCode::kTimeout;
         while (auto answer = cl.conn->TakeReply()) {
           int64_t t1 = NowNs();
@@ -378,7 +401,7 @@ RunResult Run(const Options& o, int run) {
       }
     }
     ::close(ep);
-    clients_left.fetch_sub(1);
+    senders_left.fetch_sub(1);
   };
   std::vector<std::thread> threads;
   for (int t = 0; t < o.threads; ++t) threads.emplace_back(drive, t);

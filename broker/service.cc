@@ -376,7 +376,12 @@ void BrokerService::OnRequest(net::Connection& conn, Session& s, const wire::Req
                   [this, conn_id, request_id, token](Result<PublishResult> r) {
                     // A request that was answered (or timed out) already gets nothing more: it can
                     // fail to be stored after its consumer replied and rejected it.
-                    if (!r.ok() && requests_.erase(token) > 0) SendErrorTo(conn_id, request_id, r.status());
+                    if (r.ok()) return;
+                    auto it = requests_.find(token);
+                    if (it == requests_.end()) return;
+                    ObserveRequest(it->second);
+                    requests_.erase(it);
+                    SendErrorTo(conn_id, request_id, r.status());
                   });
 }
 
@@ -385,11 +390,16 @@ void BrokerService::OnReply(net::Connection& /*conn*/, const wire::Reply& reply)
   RouteReply(reply.reply_token(), reply.envelope(), reply.error() ? reply.error()->string_view() : "");
 }
 
+void BrokerService::ObserveRequest(const PendingRequest& req) {
+  request_seconds_.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - req.received).count());
+}
+
 bool BrokerService::RouteReply(uint64_t reply_token, const wire::Envelope* env, std::string_view error) {
   auto it = requests_.find(reply_token);
   if (it == requests_.end()) return false;
-  PendingRequest req = it->second;
+  PendingRequest req = std::move(it->second);
   requests_.erase(it);
+  ObserveRequest(req);
   auto target = conns_.Find(req.conn_id);
   if (!target || target->closed()) return false;
   auto sit = sessions_.find(req.conn_id);
@@ -401,7 +411,6 @@ bool BrokerService::RouteReply(uint64_t reply_token, const wire::Envelope* env, 
   auto out = wire::CreateReply(fbb, req.request_id, 0, out_env, err);
   wire::FinishFrame(fbb, wire::Body::Reply, out.Union());
   target->Send(fbb);
-  request_seconds_.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - req.received).count());
   return true;
 }
 
@@ -553,6 +562,7 @@ void BrokerService::OnRequestTimer(uv_timer_t* timer) {
               ? "no reply to the request within its timeout"
               : fmt::format("no reply to the request within its timeout: no subscription reads topic '{}'",
                             it->second.topic);
+      self->ObserveRequest(it->second);
       self->SendErrorTo(it->second.conn_id, it->second.request_id, Status(StatusCode::kTimeout, message));
       it = self->requests_.erase(it);
     } else {

@@ -106,6 +106,8 @@ class BrokerService : public net::FrameHandler {
     std::string topic;                                 // for the timeout's error message
   };
 
+  // Into request_seconds: every request that ends here, answered, failed or timed out.
+  void ObserveRequest(const PendingRequest& req);
   void OnHello(net::Connection& conn, Session& s, const wire::Hello& hello);
   void OnPublish(net::Connection& conn, Session& s, const wire::Publish& publish);
   void OnSubscribe(net::Connection& conn, Session& s, const wire::Subscribe& sub);

@@ -174,7 +174,8 @@ std::string RenderMetrics(const MetricsSources& s) {
     w.Histo("sluice_publish_ack_seconds", "From a Publish frame's arrival to its PublishAck (commit included).",
             s.service->publish_ack_seconds());
     w.Histo("sluice_request_seconds",
-            "From a Request frame's arrival to its Reply (the handler's run and its commit included).",
+            "From a Request frame's arrival to its Reply or Error (the handler's run and its commit included; "
+            "a timed-out request counts at its timeout).",
             s.service->request_seconds());
     w.Histo("sluice_bundle_seconds", "From a plugin's Bundle frame's arrival to its BundleAck (commit included).",
             s.service->bundle_seconds());

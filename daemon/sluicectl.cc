@@ -119,7 +119,9 @@ class Ctl {
       }
       const std::string state = entry.value("state", "");
       const std::string error = entry.value("last_error", "");
-      if (running ? state == "running" : (state == "stopped" || state == "disabled" || state == "failed")) {
+      // Stopped means no worker process left: a failed plugin may still have workers that run.
+      const bool gone = entry.value("pids", json::array()).empty() && state != "stopping";
+      if (running ? state == "running" : gone) {
         if (!g_.json_output) {
           std::printf("%s: %s (%d/%d workers)\n", name.c_str(), state.c_str(), entry.value("running", 0),
                       entry.value("instances", 0));

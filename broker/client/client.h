@@ -288,6 +288,8 @@ class Connection {
   Status Flush();
   // Writes as much of the queued output as the socket takes now, without waiting for the rest.
   Status WriteQueued();
+  // Whether queued output is still waiting for the socket (after WriteQueued() met a full buffer).
+  bool has_queued_output() const { return out_begin_ < out_.size(); }
   // Flushes, then closes the socket. Later calls return kUnavailable.
   Status Close();
 

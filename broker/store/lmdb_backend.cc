@@ -111,6 +111,9 @@ struct Rate {
   std::deque<Point> samples;  // oldest first, at least kRateSampleUs apart
 
   void Record(uint64_t count, int64_t now_us) {
+    // The clock is wall time: after it steps back, the samples from "the future" would hide the rate
+    // until it caught up. Start over instead.
+    if (!samples.empty() && now_us < samples.back().at_us) samples.clear();
     if (!samples.empty() && now_us - samples.back().at_us < kRateSampleUs) return;
     samples.push_back({now_us, count});
     while (samples.front().at_us < now_us - kRateWindowUs) samples.pop_front();
@@ -350,6 +353,9 @@ Status LmdbBackend::Open() {
   uv_idle_init(loop_, idle_);
   check_->data = this;
   idle_->data = this;
+  // libuv runs the check handle started last first: the ConnectionSets' (net/connection.cc), started
+  // after this one, may already have flushed this iteration; what ProcessWork sends from here their
+  // prepare handle writes before the next poll.
   uv_check_start(check_, &LmdbBackend::OnCheck);
   // Neither keeps the loop alive: the broker's sockets and the async handle do.
   uv_unref(reinterpret_cast<uv_handle_t*>(check_));

@@ -53,6 +53,12 @@ nlohmann::json CtlJson(const DaemonProcess& d, std::vector<std::string> args) {
   return j.is_discarded() ? nlohmann::json{{"error", "not JSON: " + r.out}} : j;
 }
 
+double MetricValue(const std::string& text, const std::string& series) {
+  size_t at = text.find("\n" + series + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + series.size() + 2));
+}
+
 nlohmann::json Plugin(const DaemonProcess& d, const std::string& name) {
   for (const auto& p : CtlJson(d, {"plugins"}).value("plugins", nlohmann::json::array())) {
     if (p.value("name", "") == name) return p;

@@ -112,6 +112,11 @@ TEST(DaemonTest, ARequestNobodyCanAnswerTimesOutNamingItsTopic) {
   ASSERT_FALSE(answer.ok());
   EXPECT_EQ(answer.status().code(), StatusCode::kTimeout);
   EXPECT_EQ(answer.status().message(), "no reply to the request within its timeout");
+  // Timed out, both count in the request latency histogram, at 300 ms or a little more.
+  CommandResult metrics = d.Ctl({"metrics"});
+  ASSERT_EQ(metrics.exit_code, 0) << metrics.err;
+  EXPECT_EQ(MetricValue("\n" + metrics.out, "sluice_request_seconds_count"), 2);
+  EXPECT_EQ(MetricValue("\n" + metrics.out, "sluice_request_seconds_bucket{le=\"0.25\"}"), 0);
   EXPECT_EQ(WEXITSTATUS(d.Stop()), 0);
 }
 

@@ -62,13 +62,6 @@ std::string Http(uint16_t port, const std::string& method, const std::string& pa
   return out;
 }
 
-// The value of one sample line ("name{labels} value"), or -1 when the series is absent.
-double Value(const std::string& text, const std::string& series) {
-  size_t at = text.find("\n" + series + " ");
-  if (at == std::string::npos) return -1;
-  return std::stod(text.substr(at + series.size() + 2));
-}
-
 TEST(MetricsTest, HttpScrapeShowsTheTrafficSent) {
   uint16_t port = FreePort();
   DaemonProcess d(fmt::format("[metrics]\nlisten = \"127.0.0.1:{}\"\n", port));
@@ -101,22 +94,22 @@ TEST(MetricsTest, HttpScrapeShowsTheTrafficSent) {
   auto deadline = std::chrono::steady_clock::now() + 10s;
   while (std::chrono::steady_clock::now() < deadline) {
     body = Http(port, "GET", "/metrics");
-    if (Value(body, "sluice_subscription_acked_total{" + sub + "}") == 5) break;
+    if (MetricValue(body, "sluice_subscription_acked_total{" + sub + "}") == 5) break;
     std::this_thread::sleep_for(100ms);
   }
   EXPECT_THAT(body.substr(0, body.find("\r\n")), HasSubstr(" 200 "));
   EXPECT_THAT(body, HasSubstr("text/plain; version=0.0.4"));
-  EXPECT_EQ(Value(body, "sluice_topic_published_total{topic=\"metered\"}"), 7);
-  EXPECT_EQ(Value(body, "sluice_subscription_acked_total{" + sub + "}"), 5);
-  EXPECT_EQ(Value(body, "sluice_subscription_delivered_total{" + sub + "}"), 7);
-  EXPECT_EQ(Value(body, "sluice_subscription_in_flight{" + sub + "}"), 2);
-  EXPECT_GE(Value(body, "sluice_publish_ack_seconds_count"), 7);
-  EXPECT_GE(Value(body, "sluice_commit_seconds_count"), 1);
+  EXPECT_EQ(MetricValue(body, "sluice_topic_published_total{topic=\"metered\"}"), 7);
+  EXPECT_EQ(MetricValue(body, "sluice_subscription_acked_total{" + sub + "}"), 5);
+  EXPECT_EQ(MetricValue(body, "sluice_subscription_delivered_total{" + sub + "}"), 7);
+  EXPECT_EQ(MetricValue(body, "sluice_subscription_in_flight{" + sub + "}"), 2);
+  EXPECT_GE(MetricValue(body, "sluice_publish_ack_seconds_count"), 7);
+  EXPECT_GE(MetricValue(body, "sluice_commit_seconds_count"), 1);
   // The store file is preallocated (broker.preallocate, default 32MiB: 1MiB ahead of a small store).
-  EXPECT_GE(Value(body, "sluice_store_file_bytes"), 1 << 20);
-  EXPECT_EQ(Value(body, "sluice_store_preallocate_failures_total"), 0);
-  EXPECT_GT(Value(body, "process_resident_memory_bytes"), 0);
-  EXPECT_GT(Value(body, "process_open_fds"), 0);
+  EXPECT_GE(MetricValue(body, "sluice_store_file_bytes"), 1 << 20);
+  EXPECT_EQ(MetricValue(body, "sluice_store_preallocate_failures_total"), 0);
+  EXPECT_GT(MetricValue(body, "process_resident_memory_bytes"), 0);
+  EXPECT_GT(MetricValue(body, "process_open_fds"), 0);
   EXPECT_THAT(body, HasSubstr("# TYPE sluice_publish_ack_seconds histogram"));
   EXPECT_THAT(body, HasSubstr("sluice_commit_batch_ops_bucket{le=\"+Inf\"}"));
 
@@ -127,7 +120,7 @@ TEST(MetricsTest, HttpScrapeShowsTheTrafficSent) {
   // sluicectl prints the same series, current to the call.
   CommandResult ctl = d.Ctl({"metrics"});
   ASSERT_EQ(ctl.exit_code, 0) << ctl.err;
-  EXPECT_EQ(Value("\n" + ctl.out, "sluice_topic_published_total{topic=\"metered\"}"), 7);
+  EXPECT_EQ(MetricValue("\n" + ctl.out, "sluice_topic_published_total{topic=\"metered\"}"), 7);
   EXPECT_EQ(WEXITSTATUS(d.Stop()), 0);
 }
 

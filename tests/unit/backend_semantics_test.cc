@@ -360,6 +360,14 @@ TEST_P(BackendSemanticsTest, RatesCoverTheLastTenSecondsWhoeverAsks) {
   }
   EXPECT_DOUBLE_EQ(Topic("r").publish_rate, 0.0);
   EXPECT_DOUBLE_EQ(SubInfo("r", "s").ack_rate, 0.0);
+  // The wall clock steps back an hour: the rate starts over rather than staying 0 until it catches up.
+  clock_.Advance(-std::chrono::hours(1));
+  backend_->RunTimers();
+  PublishN("r", 30);
+  Settle();
+  clock_.Advance(seconds(3));
+  backend_->RunTimers();
+  EXPECT_DOUBLE_EQ(Topic("r").publish_rate, 10.0);
 }
 
 TEST_P(BackendSemanticsTest, CompetingConsumersShareWithinCredit) {
