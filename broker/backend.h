@@ -115,7 +115,7 @@ struct SubscriptionInfo {
   uint64_t redelivered = 0;
   double ack_rate = 0;            // messages/s over the last 10 s
   int64_t oldest_unacked_age_us = 0;
-  int64_t drain_eta_us = -1;      // estimated time to drain at the recent ack rate; -1 unknown
+  int64_t drain_eta_us = -1;      // estimated time to drain at ack_rate; -1 unknown
 };
 
 struct DeadLetter {

@@ -119,7 +119,8 @@ class Ctl {
       }
       const std::string state = entry.value("state", "");
       const std::string error = entry.value("last_error", "");
-      // Stopped means no worker process left: a failed plugin may still have workers that run.
+      // Stopped means no worker process left (a failed plugin may still have workers that run; a plugin
+      // removed from the configuration meanwhile has none).
       const bool gone = entry.value("pids", json::array()).empty() && state != "stopping";
       if (running ? state == "running" : gone) {
         if (!g_.json_output) {
@@ -133,7 +134,6 @@ class Ctl {
                      entry.is_null() ? "not configured" : state.c_str(), error.empty() ? "-" : error.c_str());
         return kExitFailed;
       }
-      if (!running && entry.is_null()) return kExitOk;  // removed from the configuration meanwhile
       if (std::chrono::steady_clock::now() >= deadline) {
         std::fprintf(stderr, "sluicectl: plugin %s is still %s after %d ms\n", name.c_str(), state.c_str(),
                      g_.timeout_ms);
