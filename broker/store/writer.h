@@ -91,6 +91,7 @@ struct WriteOp {
 
   BundleRequest bundle;             // kBundle
   BundleResult bundle_result;
+  bool settled = false;             // kBundle refused in an earlier attempt at its batch: not applied again
 
   Status status;
   std::function<void(WriteOp&)> done;  // runs on the loop thread after the commit (not for publishes)

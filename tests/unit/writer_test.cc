@@ -26,6 +26,7 @@
 
 #include "broker/envelope.h"
 #include "broker/store/format.h"
+#include "broker/store/keyspace_reader.h"
 #include "broker/store/lmdb_env.h"
 #include "broker/store/writer.h"
 #include "broker/uuid.h"
@@ -542,6 +543,92 @@ TEST_P(WriterDurabilityTest, LoneAckIsCommittedAndStored) {
 // A duplicate publish writes nothing: its commit is empty, and under "sync" it must still come back
 // only after the transaction it answers from, with the original's seq (the path of a publisher that
 // retries after a lost PublishAck).
+// ---- bundles: all or nothing, each on its own, in one batch ------------------------------------------
+
+WriteOp BundleOp(std::vector<KvReadCheck> reads, std::vector<KvMutation> writes,
+                 std::vector<std::pair<std::string, std::string>> publishes) {
+  WriteOp op;
+  op.kind = OpKind::kBundle;
+  op.now_us = NowUs();
+  op.bundle.keyspace = "plugin";
+  op.bundle.version = 7;
+  op.bundle.reads = std::move(reads);
+  op.bundle.writes = std::move(writes);
+  for (const auto& [topic, payload] : publishes) op.bundle.publishes.push_back(PublishOp(topic, payload).publish);
+  return op;
+}
+
+// The value of the plugin key `key` as stored (after its 8-byte version), or nullopt when absent.
+std::optional<std::string> StoredKey(Env* env, const std::string& key) {
+  ReadTxn read(env);
+  if (!read.Begin().ok()) return std::nullopt;
+  std::string k = KeyspaceKey("plugin", key);
+  MDB_val mk = MdbVal(k), v;
+  if (mdb_get(read.txn(), env->dbi().kv, &mk, &v) != 0 || v.mv_size < 8) return std::nullopt;
+  return std::string(static_cast<const char*>(v.mv_data) + 8, v.mv_size - 8);
+}
+
+// A bundle shares its batch's transaction: one whose publish is refused after it wrote a key and
+// published must leave nothing behind (no key, no message, no seq used), and the ops around it commit.
+TEST_F(WriterTest, ARefusedBundleLeavesNoTraceAndTheRestOfItsBatchCommits) {
+  config_.durability = Durability::kSync;
+  OpenEnv(Durability::kSync);
+  ASSERT_NE(env_, nullptr);
+  TopicConfig small;
+  small.max_messages = 1;  // on_full "reject", and no subscription to let a message go
+  Writer writer(env_.get(), config_, {{"small", small}}, [] {});
+  ASSERT_TRUE(writer.Load().ok());
+  std::vector<TopicSnapshot> topics;
+  std::vector<WriteOp> fill;
+  fill.push_back(PublishOp("small", "fills it"));
+  ASSERT_TRUE(writer.ApplyNow(&fill, &topics).ok());
+
+  std::vector<WriteOp> ops;
+  ops.push_back(PublishOp(kTopic, "before"));
+  ops.push_back(BundleOp({}, {{"a", "refused", false}}, {{kTopic, "refused 1"}, {"small", "refused 2"}}));
+  ops.push_back(BundleOp({{"k", 0}}, {{"b", "kept", false}}, {{kTopic, "kept"}}));
+  ops.push_back(BundleOp({{"a", 0}}, {{"c", "kept too", false}}, {}));     // "a" was never written
+  ops.push_back(BundleOp({{"b", 0}}, {{"d", "conflicted", false}}, {}));  // "b" was, just before
+  (void)writer.ApplyNow(&ops, &topics);
+  ASSERT_EQ(ops.size(), 5u);
+
+  EXPECT_TRUE(ops[0].status.ok()) << ops[0].status.ToString();
+  EXPECT_EQ(ops[0].publish_result.seq, 1u);
+  EXPECT_EQ(ops[1].status.code(), StatusCode::kLimitExceeded) << ops[1].status.ToString();
+  EXPECT_NE(ops[1].status.message().find("bundle publish to 'small'"), std::string::npos)
+      << ops[1].status.ToString();
+  ASSERT_TRUE(ops[2].status.ok()) << ops[2].status.ToString();
+  EXPECT_EQ(ops[2].bundle_result.outcome, BundleOutcome::kCommitted);
+  ASSERT_EQ(ops[2].bundle_result.published.size(), 1u);
+  EXPECT_EQ(ops[2].bundle_result.published[0].seq, 2u) << "the refused bundle's publish kept its seq";
+  EXPECT_TRUE(ops[3].status.ok()) << ops[3].status.ToString();
+  EXPECT_EQ(ops[3].bundle_result.outcome, BundleOutcome::kCommitted);
+  EXPECT_TRUE(ops[4].status.ok()) << ops[4].status.ToString();
+  EXPECT_EQ(ops[4].bundle_result.outcome, BundleOutcome::kConflict);
+  EXPECT_NE(ops[4].bundle_result.message.find("key 'b' changed"), std::string::npos)
+      << ops[4].bundle_result.message;
+  // The refused bundle's publishes are back in it, whole, for the loop to count.
+  ASSERT_EQ(ops[1].bundle.publishes.size(), 2u);
+  EXPECT_EQ(PayloadOf(ops[1].bundle.publishes[1].envelope), "refused 2");
+
+  EXPECT_EQ(StoredKey(env_.get(), "a"), std::nullopt);
+  EXPECT_EQ(StoredKey(env_.get(), "b"), "kept");
+  EXPECT_EQ(StoredKey(env_.get(), "c"), "kept too");
+  EXPECT_EQ(StoredKey(env_.get(), "d"), std::nullopt);
+  auto copy = LoadedCopy();
+  const WriterTopic* orders = FindTopic(*copy, kTopic);
+  ASSERT_NE(orders, nullptr);
+  EXPECT_EQ(orders->rec.last_seq, 2u);
+  EXPECT_EQ(orders->rec.messages, 2u);
+  ASSERT_NE(FindTopic(*copy, "small"), nullptr);
+  EXPECT_EQ(FindTopic(*copy, "small")->rec.messages, 1u);
+  ASSERT_NE(orders->rec.id, 0u);
+  auto second = ReadMessage(env_.get(), orders->rec.id, 2);
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->payload, "kept");
+  EXPECT_EQ(ReadMessage(env_.get(), orders->rec.id, 3), std::nullopt);
+}
+
 TEST_F(WriterTest, SyncDuplicatePublishComesBackWithTheOriginalSeq) {
   StartWriter(Durability::kSync);
   ASSERT_NE(writer_, nullptr);
