@@ -183,6 +183,7 @@ RunResult Run(const Options& o, int run) {
   so.subscription = o.subscription;
   so.start = sluice::wire::StartKind::Latest;
   so.credit = 1024;
+  so.types = {"orders.OrderConfirmed", "orders.OrderCancelled"};  // final events only, as a real watcher asks
   auto consumer = watcher->Subscribe(so);
   if (!consumer.ok()) Fail("subscribe to order.events", consumer.status());
   // Drain what earlier runs or other clients left in the subscription.

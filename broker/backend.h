@@ -80,7 +80,13 @@ class ConsumerSink {
 struct SubscribeSpec {
   SubscriptionConfig sub;   // topic, name, start point, ordering, max_deliveries, ack_wait, backoff, ...
   uint32_t credit = 0;      // initial credit (prefetch)
+  // Deliver only messages of these envelope types (empty: every type); the subscription acks the
+  // others as it reads them. The types belong to the subscription: the newest consumer's apply to all
+  // of its consumers. At most kMaxSubscribeTypes, each 1..kMaxTypeBytes bytes.
+  std::vector<std::string> types;
 };
+inline constexpr size_t kMaxSubscribeTypes = 32;
+inline constexpr size_t kMaxTypeBytes = 256;
 
 using SubscribeCallback = std::function<void(Result<uint64_t /*consumer_id*/>)>;
 
@@ -113,6 +119,8 @@ struct SubscriptionInfo {
   uint64_t delivered = 0;
   uint64_t acked = 0;
   uint64_t redelivered = 0;
+  uint64_t filtered = 0;          // acked unread: not of `types` (since the daemon started)
+  std::vector<std::string> types; // what its consumers asked for (SubscribeSpec); empty: every type
   double ack_rate = 0;            // messages/s over the last 10 s
   int64_t oldest_unacked_age_us = 0;
   int64_t drain_eta_us = -1;      // estimated time to drain at ack_rate; -1 unknown

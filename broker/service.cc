@@ -332,6 +332,9 @@ void BrokerService::OnSubscribe(net::Connection& conn, Session& s, const wire::S
   spec.sub.ack_wait = sub.ack_wait_ms() > 0 ? Duration(sub.ack_wait_ms()) : options_.default_ack_wait;
   if (sub.max_crashes() > 0) spec.sub.max_crashes = sub.max_crashes();
   spec.credit = std::min(sub.credit(), options_.max_credit);
+  if (sub.types() != nullptr) {
+    for (const auto* type : *sub.types()) spec.types.push_back(type != nullptr ? type->str() : std::string());
+  }
 
   auto consumer = std::make_unique<Consumer>(s.conn);
   Consumer* sink = consumer.get();

@@ -92,6 +92,8 @@ AdminResult CmdSubs(AdminHost& host, const json&) {
                    {"delivered", s.delivered},
                    {"acked", s.acked},
                    {"redelivered", s.redelivered},
+                   {"filtered", s.filtered},
+                   {"types", s.types},
                    {"ack_rate", s.ack_rate},
                    {"oldest_unacked_age_us", s.oldest_unacked_age_us},
                    {"drain_eta_us", s.drain_eta_us}});

@@ -137,6 +137,9 @@ std::string RenderMetrics(const MetricsSources& s) {
            &broker::SubscriptionInfo::redelivered},
           {"sluice_subscription_skipped_total", "counter", "Messages skipped by on_full = \"skip\" or drop_oldest.",
            &broker::SubscriptionInfo::skipped},
+          {"sluice_subscription_filtered_total", "counter",
+           "Messages acked without delivery: not of the types the consumers asked for.",
+           &broker::SubscriptionInfo::filtered},
       };
       for (const auto& series : kSeries) {
         w.Family(series.name, series.type, series.help);

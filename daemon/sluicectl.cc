@@ -179,11 +179,11 @@ void HumanSubs(const json& r) {
   for (const auto& s : r.value("subscriptions", json::array())) {
     double eta = s.value("drain_eta_us", -1.0);
     rows.push_back({Str(s["topic"]), Str(s["name"]), Str(s["pending"]), Str(s["in_flight"]),
-                    Str(s["dead_lettered"]), Str(s["parked_keys"]), Str(s["skipped"]), Str(s["consumers"]),
-                    Str(s["ack_rate"]), eta < 0 ? "-" : FormatDuration(eta / 1e6)});
+                    Str(s["dead_lettered"]), Str(s["parked_keys"]), Str(s["skipped"]), Str(s["filtered"]),
+                    Str(s["consumers"]), Str(s["ack_rate"]), eta < 0 ? "-" : FormatDuration(eta / 1e6)});
   }
-  PrintTable({"TOPIC", "SUBSCRIPTION", "PENDING", "IN-FLIGHT", "DLQ", "PARKED", "SKIPPED", "CONSUMERS", "ACK/S",
-              "DRAIN"},
+  PrintTable({"TOPIC", "SUBSCRIPTION", "PENDING", "IN-FLIGHT", "DLQ", "PARKED", "SKIPPED", "FILTERED", "CONSUMERS",
+              "ACK/S", "DRAIN"},
              rows);
 }
 

@@ -267,7 +267,17 @@ class Worker {
   std::filesystem::path plugin_data_dir_;
   RunHost host_;
 
+  // The sluice_plugin_init handed to init(): the plugin's pointer to it leads back to the worker.
+  struct HostInit {
+    sluice_plugin_init init;
+    Worker* worker;
+  };
+  static int SetSubscriptionTypes(const sluice_plugin_init* init, size_t index, const char* const* types,
+                                  size_t n_types);
+
   std::unordered_map<uint64_t, size_t> subscription_of_;  // consumer id -> descriptor subscription
+  std::vector<std::vector<std::string>> subscription_types_;  // by descriptor subscription, from init()
+  bool in_init_ = false;
   std::unordered_map<uint64_t, uint32_t> credit_owed_;
   std::unordered_map<uint64_t, Sent> sent_;               // by bundle request id
   std::vector<Unsynced> unsynced_;                        // in run order; plugins with sync() only
@@ -295,6 +305,37 @@ class Worker {
   size_t reported_in_flight_ = SIZE_MAX;
   std::chrono::steady_clock::time_point next_report_{};
 };
+
+int Worker::SetSubscriptionTypes(const sluice_plugin_init* init, size_t index, const char* const* types,
+                                 size_t n_types) {
+  // sluice_plugin_init is HostInit's first member, so the plugin's pointer is the HostInit's.
+  Worker* self = reinterpret_cast<const HostInit*>(init)->worker;
+  const auto& subs = self->plugin_->descriptor().subscriptions;
+  std::string problem;
+  if (!self->in_init_) {
+    problem = "it is called outside init()";
+  } else if (index >= subs.size()) {
+    problem = fmt::format("subscription index {} is out of range (the plugin has {})", index, subs.size());
+  } else if (n_types == 0 || n_types > broker::kMaxSubscribeTypes || types == nullptr) {
+    problem = fmt::format("{} types; 1..{} are allowed", n_types, broker::kMaxSubscribeTypes);
+  }
+  std::vector<std::string> names;
+  for (size_t i = 0; problem.empty() && i < n_types; ++i) {
+    size_t len = types[i] == nullptr ? 0 : strnlen(types[i], broker::kMaxTypeBytes + 1);
+    if (len == 0 || len > broker::kMaxTypeBytes) {
+      problem = fmt::format("type {} is {}; a type is 1..{} bytes", i,
+                            types[i] == nullptr ? "NULL" : len == 0 ? "empty" : "too long", broker::kMaxTypeBytes);
+    } else {
+      names.emplace_back(types[i], len);
+    }
+  }
+  if (!problem.empty()) {
+    log::Error("set_subscription_types refused: {}", problem);
+    return -EINVAL;
+  }
+  self->subscription_types_[index] = std::move(names);
+  return 0;
+}
 
 int Worker::Setup() {
   const std::string file = options_.plugin_path.string();
@@ -351,9 +392,13 @@ int Worker::Setup() {
   }
 
   const sluice_plugin& cb = plugin_->callbacks();
+  subscription_types_.assign(d.subscriptions.size(), {});
   if (cb.init != nullptr) {
-    sluice_plugin_init init{};
+    HostInit host_init{};
+    host_init.worker = this;
+    sluice_plugin_init& init = host_init.init;
     init.struct_size = sizeof init;
+    init.set_subscription_types = &Worker::SetSubscriptionTypes;
     init.api = HandlerRun::Api();
     init.config_json = options_.config_json.c_str();
     std::string data_dir = plugin_data_dir_.string();
@@ -363,7 +408,9 @@ int Worker::Setup() {
         std::min<int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(options_.handler_timeout).count(),
                           UINT32_MAX));
     watchdog_.Arm(Watchdog::Phase::kInit, 0);
+    in_init_ = true;
     int rc = cb.init(&init, &state_);
+    in_init_ = false;
     watchdog_.Disarm();
     if (rc != 0) {
       std::string error =
@@ -395,6 +442,7 @@ int Worker::Setup() {
     so.ack_wait_ms = s.ack_wait_ms;
     so.credit = s.prefetch;
     so.max_crashes = options_.max_crashes;
+    so.types = subscription_types_[i];
     auto consumer = conn_->Subscribe(so);
     if (!consumer.ok()) {
       log::Error("cannot subscribe to {}/{}: {}", s.topic, s.name, consumer.status().message());

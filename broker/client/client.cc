@@ -654,9 +654,10 @@ Result<uint64_t> Connection::Subscribe(const SubscribeOptions& options) {
   fbb_.Clear();
   auto topic = fbb_.CreateString(options.topic);
   auto subscription = fbb_.CreateString(options.subscription);
+  auto types = options.types.empty() ? 0 : fbb_.CreateVectorOfStrings(options.types);
   auto sub = wire::CreateSubscribe(fbb_, id, topic, subscription, options.start, options.start_seq,
                                    options.start_time_us, options.ordering, options.max_deliveries,
-                                   options.ack_wait_ms, options.credit, options.max_crashes);
+                                   options.ack_wait_ms, options.credit, options.max_crashes, types);
   wire::FinishFrame(fbb_, wire::Body::Subscribe, sub.Union());
   SLUICE_RETURN_IF_ERROR(QueueBuiltFrame("Subscribe"));
   auto r = Call(id, Pending::kSubscribe, DeadlineAfter(options_.timeout), "SubscribeOk",

@@ -88,6 +88,9 @@ struct SubscribeOptions {
   uint32_t ack_wait_ms = 0;     // 0 = server default
   uint32_t credit = 64;         // initial credit; the caller tops it up with AddCredit()
   uint32_t max_crashes = 0;     // 0 = server default; plugin workers pass their [[plugin]] max_crashes
+  // Only these envelope types are delivered; the subscription acks the others (empty: every type).
+  // The newest consumer's types apply to the whole subscription.
+  std::vector<std::string> types;
 };
 
 // One Deliver frame. Owns a copy of the envelope bytes (8-byte aligned, already verified by the frame

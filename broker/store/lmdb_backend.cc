@@ -11,6 +11,7 @@
 #include <unordered_set>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "broker/store/ack_window.h"
 #include "broker/store/format.h"
@@ -26,6 +27,9 @@ namespace {
 // Messages a subscription holds in memory ahead of delivery (its window plus messages held behind a
 // busy key). Bounds memory per subscription whatever the backlog in LMDB.
 constexpr size_t kReadAhead = 2048;
+// Messages one Fill() may read and ack because their type is filtered out, so a long run of them
+// (a backlog of a million) is worked through over several loop iterations instead of blocking one.
+constexpr size_t kMaxFilteredPerFill = 8192;
 // Retention by age is checked at most this often (clock time).
 constexpr int64_t kTrimIntervalUs = 1000000;
 
@@ -168,8 +172,11 @@ struct Sub {
   std::vector<uint64_t> forget_counts;
   std::vector<uint64_t> dead_acked;
 
-  uint64_t delivered = 0, acked = 0, redelivered = 0, dead_lettered = 0;
+  uint64_t delivered = 0, acked = 0, redelivered = 0, dead_lettered = 0, filtered = 0;
   Rate ack_rate;
+  // Envelope types its consumers want (SubscribeSpec::types), sorted; empty: every type. Fill() acks
+  // a message of another type instead of reading it into the window.
+  std::vector<std::string> types;
   bool dirty = false;  // needs a pump
 
   bool key_ordered() const { return rec.ordering == static_cast<uint8_t>(OrderingMode::kKey); }
@@ -228,7 +235,12 @@ class LmdbBackend final : public Backend {
   Topic* EnsureTopic(uint32_t id, const std::string& name, const TopicRecord& rec);
   Sub* EnsureSub(Topic* topic, const std::string& name, const SubRecord& rec);
   Status LoadSub(Sub* sub);
-  uint64_t AttachConsumer(Sub* sub, ConsumerSink* sink, uint32_t credit);
+  // Attaches a consumer; the subscription delivers `types` (sorted, unique) from now on.
+  uint64_t AttachConsumer(Sub* sub, ConsumerSink* sink, uint32_t credit, const std::vector<std::string>& types);
+  // Whether a stored message (its `messages` value) is of a type `sub` wants.
+  bool Wanted(const Sub* sub, const MDB_val& stored);
+  // Records the ack of `seq`, which no consumer held, with the broker as its consumer.
+  void AckUnheld(Sub* sub, uint64_t seq);
   Sub* FindSub(std::string_view topic, std::string_view name);
 
   void Pump(Sub* sub);
@@ -308,6 +320,7 @@ class LmdbBackend final : public Backend {
   uint64_t next_consumer_id_ = 1;
   uint64_t next_delivery_id_ = 1;
   int64_t last_trim_us_ = 0;
+  std::string aligned_;  // Wanted(): an envelope copied out of LMDB to read it as a FlatBuffer
 };
 
 
@@ -618,7 +631,27 @@ Sub* LmdbBackend::FindSub(std::string_view topic, std::string_view name) {
   return it == subs_by_name_.end() ? nullptr : it->second;
 }
 
-uint64_t LmdbBackend::AttachConsumer(Sub* sub, ConsumerSink* sink, uint32_t credit) {
+uint64_t LmdbBackend::AttachConsumer(Sub* sub, ConsumerSink* sink, uint32_t credit,
+                                     const std::vector<std::string>& types) {
+  // The newest consumer's types apply to the whole subscription: during a rolling upgrade of a plugin
+  // that wants other types, the new version's take over (a refusal would stop it from starting).
+  if (types != sub->types) {
+    sub->types = types;
+    // What is read ahead passed the previous types; the new ones decide for it too.
+    if (!types.empty() && !sub->window.empty() && read_->Begin().ok()) {
+      std::deque<Pending> kept;
+      for (Pending& p : sub->window) {
+        SeqKey key(sub->topic->rec.id, p.seq);
+        MDB_val k = MdbVal(key.bytes, sizeof key.bytes), v;
+        if (mdb_get(read_->txn(), env_->dbi().messages, &k, &v) == 0 && !Wanted(sub, v)) {
+          AckUnheld(sub, p.seq);
+        } else {
+          kept.push_back(std::move(p));
+        }
+      }
+      sub->window.swap(kept);
+    }
+  }
   uint64_t id = next_consumer_id_++;
   consumers_[id] = Consumer{id, sub, sink, credit, 0};
   sub->consumers.push_back(id);
@@ -771,22 +804,33 @@ void LmdbBackend::Subscribe(const SubscribeSpec& spec, ConsumerSink* sink, Subsc
     invalid = InvalidArgument(fmt::format("max_deliveries {} is out of range (1..1000)", c.max_deliveries));
   } else if (c.backoff.multiplier < 1.0) {
     invalid = InvalidArgument("backoff multiplier must be >= 1.0");
+  } else if (spec.types.size() > kMaxSubscribeTypes) {
+    invalid = InvalidArgument(
+        fmt::format("{} types to subscribe to; at most {}", spec.types.size(), kMaxSubscribeTypes));
+  }
+  for (const std::string& type : spec.types) {
+    if (invalid.ok() && (type.empty() || type.size() > kMaxTypeBytes)) {
+      invalid = InvalidArgument(fmt::format("a type to subscribe to must be 1..{} bytes, got {}", kMaxTypeBytes,
+                                            type.size()));
+    }
   }
   if (!invalid.ok()) {
     Complete([done = std::move(done), invalid] { done(invalid); });
     return;
   }
   uint32_t credit = spec.credit;
+  std::vector<std::string> types = spec.types;
+  std::sort(types.begin(), types.end());
+  types.erase(std::unique(types.begin(), types.end()), types.end());
   if (Sub* s = FindSub(c.topic, c.name)) {
-    uint64_t id = AttachConsumer(s, sink, credit);
-    Complete([done = std::move(done), id] { done(id); });
+    Complete([done = std::move(done), r = AttachConsumer(s, sink, credit, types)] { done(r); });
     return;
   }
   WriteOp& op = outbox_.emplace_back();
   op.kind = OpKind::kCreateSub;
   op.now_us = clock_.NowUs();
   op.sub_config = c;
-  op.done = [this, sink, credit, done = std::move(done)](WriteOp& o) {
+  op.done = [this, sink, credit, types = std::move(types), done = std::move(done)](WriteOp& o) {
     if (!o.status.ok()) {
       done(o.status);
       return;
@@ -797,7 +841,7 @@ void LmdbBackend::Subscribe(const SubscribeSpec& spec, ConsumerSink* sink, Subsc
       done(Internal(fmt::format("subscription '{}' was created but cannot be loaded", o.sub_config.name)));
       return;
     }
-    done(AttachConsumer(s, sink, credit));
+    done(AttachConsumer(s, sink, credit, types));
   };
   ScheduleWork();
 }
@@ -1174,6 +1218,7 @@ void LmdbBackend::Fill(Sub* sub) {
   MDB_val k = MdbVal(from.bytes, sizeof from.bytes), v;
   int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
   bool reached_end = true;
+  size_t filtered = 0;
   while (rc == 0) {
     if (k.mv_size != 12 || SeqKey::Id(static_cast<const char*>(k.mv_data)) != t->rec.id) break;
     uint64_t seq = SeqKey::Seq(static_cast<const char*>(k.mv_data));
@@ -1182,8 +1227,22 @@ void LmdbBackend::Fill(Sub* sub) {
       reached_end = false;
       break;
     }
+    if (filtered == kMaxFilteredPerFill) {
+      reached_end = false;
+      if (!sub->dirty) {  // the rest in the next pass
+        sub->dirty = true;
+        dirty_.insert(sub);
+      }
+      ScheduleWork();
+      break;
+    }
     sub->scan_seq = seq + 1;
-    if (!sub->acks.IsAcked(seq) && !Adopt(sub, seq, v)) {
+    if (sub->acks.IsAcked(seq) || Adopt(sub, seq, v)) {
+      // acked, or a stored direct request, queued as its Adoption says
+    } else if (!sub->types.empty() && !Wanted(sub, v)) {
+      AckUnheld(sub, seq);
+      ++filtered;
+    } else {
       Pending& p = sub->window.emplace_back();
       p.seq = seq;
       auto c = sub->counts.find(seq);
@@ -1218,6 +1277,24 @@ bool LmdbBackend::Adopt(Sub* sub, uint64_t seq, const MDB_val& stored) {
     sub->retry.emplace(std::make_pair(how.not_before_us, seq), std::move(how.msg));
   }
   return true;
+}
+
+bool LmdbBackend::Wanted(const Sub* sub, const MDB_val& stored) {
+  MessageHeader h;
+  const char* p = static_cast<const char*>(stored.mv_data);
+  if (!h.Decode(p, stored.mv_size)) return true;  // DeliverTo() skips what it cannot read
+  aligned_.assign(h.Envelope(p));  // LMDB values are 2-byte aligned; a FlatBuffer wants 8
+  auto env = ReadEnvelope(aligned_);
+  if (!env.ok()) return true;  // the consumer's own check reports it
+  std::string_view type = (*env)->type() ? (*env)->type()->string_view() : std::string_view();
+  return std::binary_search(sub->types.begin(), sub->types.end(), type);
+}
+
+void LmdbBackend::AckUnheld(Sub* sub, uint64_t seq) {
+  if (sub->acks.Ack(seq)) sub->new_acks.push_back(seq);
+  if (sub->counts.erase(seq) > 0) sub->forget_counts.push_back(seq);  // delivered before, under other types
+  sub->ack_dirty = true;
+  ++sub->filtered;
 }
 
 bool LmdbBackend::TakeNext(Sub* sub, int64_t now_us, Pending* out) {
@@ -1472,6 +1549,8 @@ Result<std::vector<SubscriptionInfo>> LmdbBackend::ListSubscriptions() {
     info.delivered = s->delivered;
     info.acked = s->acked;
     info.redelivered = s->redelivered;
+    info.filtered = s->filtered;
+    info.types = s->types;
     info.ack_rate = s->ack_rate.Value(s->acked, now);
     if (info.pending > 0 && read_->Begin().ok()) {
       SeqKey k0(s->topic->rec.id, s->acks.floor() + 1);

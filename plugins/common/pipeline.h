@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "sluice/plugin.hpp"
 
@@ -54,6 +55,16 @@ inline constexpr std::string_view kInventoryFailed = "orders.InventoryFailed";
 inline constexpr std::string_view kSetStock = "orders.SetStock";
 inline constexpr std::string_view kShowStock = "orders.ShowStock";
 inline constexpr std::string_view kStockList = "orders.StockList";
+
+// Subscription `index` delivers only messages of `types`; the broker acks the others unseen, so the
+// plugin does not wake up for events it ignores. A host that cannot (older than ABI 1.2) delivers every
+// type, which the handlers skip anyway: a failure is only logged.
+inline void DeliverOnly(const sdk::InitInfo& info, size_t index, const std::vector<std::string>& types) {
+  if (int rc = info.SetSubscriptionTypes(index, types); rc != 0) {
+    info.Log(SLUICE_LOG_WARNING, "the host delivers every event type (set_subscription_types: " +
+                                     std::string(std::strerror(-rc)) + ")");
+  }
+}
 
 inline constexpr size_t kMaxEmailBytes = 254;  // RFC 5321's path limit, less the angle brackets
 inline constexpr size_t kMaxSkuBytes = 64;

@@ -163,6 +163,8 @@ int InventoryPlugin::Init(const sdk::InitInfo& info) {
       initial_stock_[sku] = *n;
     }
   }
+  // Of the order events, only those that reserve or release stock wake inventory (kSubscriptions[0]).
+  pl::DeliverOnly(info, 0, {std::string(pl::kOrderCreated), std::string(pl::kOrderCancelled)});
   char buf[20];
   std::snprintf(buf, sizeof(buf), "%016llx",
                 static_cast<unsigned long long>(Fnv1a(json(initial_stock_).dump())));

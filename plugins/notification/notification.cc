@@ -382,6 +382,10 @@ int NotificationPlugin::Init(const sdk::InitInfo& info) {
       return fail("from_name must be printable ASCII without '\"' or '\\'");
     }
   }
+  // Only the events this configuration mails about wake the plugin (kSubscriptions[0]).
+  std::vector<std::string> mailed{std::string(pl::kOrderCreated), std::string(pl::kOrderCancelled)};
+  if (send_confirmation_) mailed.emplace_back(pl::kOrderConfirmed);
+  pl::DeliverOnly(info, 0, mailed);
   if (smtp_ != nullptr) {
     info.Log(SLUICE_LOG_INFO, "sending mail through SMTP as " + from_);
     return 0;

@@ -79,6 +79,11 @@ void ApiLog(sluice_context* ctx, int level, const char* message) {
   if (host != nullptr) host->Log(level, message != nullptr ? message : "");
 }
 
+int ApiSetSubscriptionTypes(const sluice_plugin_init*, size_t index, const char* const* types, size_t n_types) {
+  if (current_host == nullptr) return -EINVAL;
+  return current_host->SetSubscriptionTypes(index, types, n_types);
+}
+
 const sluice_host_api kApi = {
     sizeof(sluice_host_api),
     ApiKvGet,
@@ -184,6 +189,8 @@ Status FakeHost::CallInit() {
   init.data_dir = data_dir_.c_str();
   init.instance = 0;
   init.handler_timeout_ms = 30'000;  // the daemon's default handler_timeout
+  init.set_subscription_types = ApiSetSubscriptionTypes;
+  subscription_types_.clear();
   state_ = nullptr;
   if (descriptor_->init != nullptr) {
     int rc = descriptor_->init(&init, &state_);
@@ -193,6 +200,18 @@ Status FakeHost::CallInit() {
   }
   initialized_ = true;
   return Status::Ok();
+}
+
+int FakeHost::SetSubscriptionTypes(size_t index, const char* const* types, size_t n_types) {
+  // The daemon's rules (daemon/worker.cc), without its messages.
+  if (index >= descriptor_->n_subscriptions || types == nullptr || n_types == 0 || n_types > 32) return -EINVAL;
+  std::vector<std::string> names;
+  for (size_t i = 0; i < n_types; ++i) {
+    if (types[i] == nullptr || types[i][0] == '\0' || std::strlen(types[i]) > 256) return -EINVAL;
+    names.emplace_back(types[i]);
+  }
+  subscription_types_[index] = std::move(names);
+  return 0;
 }
 
 Status FakeHost::Restart() {

@@ -117,6 +117,9 @@ class FakeHost {
   const std::vector<OutMessage>& published() const { return published_; }
   std::vector<OutMessage> PublishedOn(std::string_view topic) const;
 
+  // What init() asked for with set_subscription_types, by subscription index (absent: every type).
+  const std::map<size_t, std::vector<std::string>>& subscription_types() const { return subscription_types_; }
+
   const std::vector<LogLine>& logs() const { return logs_; }
   bool Logged(std::string_view needle) const;
 
@@ -135,6 +138,7 @@ class FakeHost {
   int KvScan(Bundle* b, std::string_view prefix, size_t limit, sluice_scan_fn fn, void* user);
   int Publish(Bundle* b, const sluice_out_message* m, bool reply);
   void Log(int level, const char* message);
+  int SetSubscriptionTypes(size_t index, const char* const* types, size_t n_types);
 
  private:
   FakeHost() = default;
@@ -151,6 +155,7 @@ class FakeHost {
   std::map<std::string, std::string> kv_;
   std::vector<OutMessage> published_;
   std::vector<LogLine> logs_;
+  std::map<size_t, std::vector<std::string>> subscription_types_;
   int64_t now_us_ = 1'750'000'000'000'000;  // 2025-06-15, a fixed start
   uint64_t next_id_ = 0;
 };

@@ -65,6 +65,13 @@ nlohmann::json Plugin(const DaemonProcess& d, const std::string& name) {
   }
   return nlohmann::json::object();
 }
+
+nlohmann::json Subscription(const DaemonProcess& d, const std::string& topic, const std::string& name) {
+  for (const auto& s : CtlJson(d, {"subs"}).value("subscriptions", nlohmann::json::array())) {
+    if (s.value("topic", "") == topic && s.value("name", "") == name) return s;
+  }
+  return nlohmann::json::object();
+}
 std::string SluicectlPath() { return Env("SLUICECTL"); }
 
 CommandResult RunCommand(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,

@@ -84,6 +84,8 @@ bool WaitUntil(const std::function<bool()>& done,
 nlohmann::json CtlJson(const DaemonProcess& d, std::vector<std::string> args);
 // One plugin's entry of `sluicectl plugins`; {} when it is not listed.
 nlohmann::json Plugin(const DaemonProcess& d, const std::string& name);
+// One subscription's entry of `sluicectl subs`; {} when it is not listed.
+nlohmann::json Subscription(const DaemonProcess& d, const std::string& topic, const std::string& name);
 // The value of one sample line ("name{labels} value") of a Prometheus text, or -1 when the series is
 // absent.
 double MetricValue(const std::string& text, const std::string& series);

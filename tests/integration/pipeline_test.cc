@@ -203,6 +203,12 @@ TEST_F(PipelineTest, OrderIsPendingAtOnceThenConfirmedWithAThankYouMail) {
   ASSERT_FALSE(mails.empty());
   EXPECT_THAT(mails.begin()->second, HasSubstr("Thank you for your order"));
   EXPECT_EQ(Stock(*conn_, "SKU-1"), (std::pair<int64_t, int64_t>{kStockSku1 - 2, 2}));
+  // OrderConfirmed reached neither inventory nor notification (without send_confirmation): the broker
+  // acked it for them.
+  for (const char* sub : {"inventory", "notification"}) {
+    EXPECT_TRUE(Eventually([&] { return Subscription(*d_, "order.events", sub).value("filtered", 0) == 1; }))
+        << Subscription(*d_, "order.events", sub);
+  }
 
   // sluicectl tells the same story: the order, and its trace across services.
   CommandResult show = d_->Ctl({"--broker-socket", d_->broker_socket().string(), "order", "show", p.order_id});

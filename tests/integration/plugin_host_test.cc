@@ -166,16 +166,7 @@ TEST(PluginHostTest, AWellBehavedPluginCommitsEachEffectOnce) {
 
 // The value of one sample line of `sluicectl metrics` ("name{labels} value"); -1 when absent.
 double MetricValue(const DaemonProcess& d, const std::string& series) {
-  std::string text = "\n" + d.Ctl({"metrics"}).out;
-  size_t at = text.find("\n" + series + " ");
-  return at == std::string::npos ? -1 : std::stod(text.substr(at + series.size() + 2));
-}
-
-json Subscription(const DaemonProcess& d, const std::string& topic, const std::string& name) {
-  for (const json& s : CtlJson(d, {"subs"}).value("subscriptions", json::array())) {
-    if (s.value("topic", "") == topic && s.value("name", "") == name) return s;
-  }
-  return json::object();
+  return ::sluice::testing::MetricValue("\n" + d.Ctl({"metrics"}).out, series);
 }
 
 TEST(PluginHostTest, ARunWithoutEffectsIsAckedWithoutABundle) {
@@ -234,6 +225,44 @@ int64_t AckedWhenFirstAtLeast(const std::vector<std::string>& payloads, const st
   EXPECT_EQ(Subscription(d, "in", "ignore").value("redelivered", -1), 0);
   EXPECT_EQ(d.Stop(), 0);
   return seen;
+}
+
+TEST(PluginHostTest, ASubscriptionOfSomeTypesDeliversThoseAndAcksTheRestUnseen) {
+  DaemonProcess d(PluginDir() + "[[plugin]]\nname = \"ignore\"\nconfig = { types = [\"t.Keep\"] }\n");
+  ASSERT_TRUE(d.Start());
+  ASSERT_TRUE(WorkersSubscribed(d, {"ignore"})) << Plugin(d, "ignore");
+  auto c = MustConnect(d);
+  ASSERT_NE(c, nullptr);
+  constexpr int kEach = 15;
+  for (int i = 0; i < 2 * kEach; ++i) {
+    client::OutMessage m;
+    m.topic = "in";
+    m.type = i % 2 == 0 ? "t.Keep" : "t.Drop";
+    m.payload = "e" + std::to_string(i);
+    ASSERT_TRUE(c->Publish(m).ok());
+  }
+  EXPECT_TRUE(WaitUntil([&] { return Subscription(d, "in", "ignore").value("pending", -1) == 0; }))
+      << Subscription(d, "in", "ignore");
+  json sub = Subscription(d, "in", "ignore");
+  EXPECT_EQ(sub.value("filtered", -1), kEach) << sub;
+  EXPECT_EQ(sub.value("delivered", -1), kEach) << sub;
+  EXPECT_EQ(sub.value("types", json()), json::array({"t.Keep"})) << sub;
+  EXPECT_TRUE(WaitUntil([&] { return Plugin(d, "ignore").value("handled", 0) == kEach; })) << Plugin(d, "ignore");
+  CommandResult table = d.Ctl({"subs"});
+  EXPECT_THAT(table.out, HasSubstr("FILTERED"));
+  EXPECT_EQ(d.Stop(), 0);
+}
+
+TEST(PluginHostTest, SubscriptionTypesForASubscriptionThePluginLacksFailItsInit) {
+  DaemonProcess d(PluginDir());
+  ASSERT_TRUE(d.Start());
+  CommandResult r = LoadDropIn(d, "ignore", "config = { types = [\"t.Keep\"], types_index = 3 }\n");
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  EXPECT_TRUE(WaitUntil([&] {
+    return d.Log().find("set_subscription_types refused: subscription index 3 is out of range (the plugin has 1)") !=
+           std::string::npos;
+  })) << d.Log();
+  EXPECT_EQ(d.Stop(), 0);
 }
 
 TEST(PluginHostTest, ASlowPassSendsEachAckAsItsRunEnds) {
@@ -483,7 +512,7 @@ TEST(PluginHostTest, ABadPluginIsRefusedWithTheDocumentedMessageAndNotRestarted)
     const char* name;
     std::string error;
   } cases[] = {
-      {"wrong_abi", dir + "/wrong_abi.so: plugin ABI 2.0 is not supported (host speaks 1.1)"},
+      {"wrong_abi", dir + "/wrong_abi.so: plugin ABI 2.0 is not supported (host speaks 1.2)"},
       {"no_entry", dir + "/no_entry.so: no sluice_plugin_entry symbol (export it with SLUICE_PLUGIN_EXPORT)"},
       {"missing", dir + "/missing.so: cannot load: cannot open shared object file: No such file or directory"},
   };
@@ -497,7 +526,7 @@ TEST(PluginHostTest, ABadPluginIsRefusedWithTheDocumentedMessageAndNotRestarted)
   // The human table shows it too.
   CommandResult table = d.Ctl({"plugins"});
   EXPECT_EQ(table.exit_code, 0);
-  EXPECT_THAT(table.out, HasSubstr("plugin ABI 2.0 is not supported (host speaks 1.1)"));
+  EXPECT_THAT(table.out, HasSubstr("plugin ABI 2.0 is not supported (host speaks 1.2)"));
   // The good plugin and the broker are unaffected.
   auto c = MustConnect(d);
   ASSERT_NE(c, nullptr);

@@ -71,6 +71,10 @@ TEST(InventoryPlugin, DescriptorDeclaresItsSubscriptionsAndTopics) {
   EXPECT_STREQ(d.subscriptions[1].name, "inventory-commands");
   ASSERT_EQ(d.n_publishes, 1u);
   EXPECT_STREQ(d.publishes[0], "inventory.events");
+  // OrderConfirmed moves no stock: the broker acks it without waking the plugin.
+  using Types = std::map<size_t, std::vector<std::string>>;
+  EXPECT_EQ(host->subscription_types(),
+            (Types{{0, {"orders.OrderCreated", "orders.OrderCancelled"}}}));
 }
 
 TEST(InventoryPlugin, InitialStockIsAppliedOnTheFirstHandlerOnlyForUnstoredSkus) {

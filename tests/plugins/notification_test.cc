@@ -90,6 +90,17 @@ TEST(NotificationPlugin, DescriptorSubscribesToOrderEventsAndPublishesNothing) {
   }
 }
 
+TEST(NotificationPlugin, AsksOnlyForTheEventsItsConfigurationMails) {
+  using Types = std::map<size_t, std::vector<std::string>>;
+  auto host = LoadNotification();
+  ASSERT_TRUE(host);
+  EXPECT_EQ(host->subscription_types(), (Types{{0, {"orders.OrderCreated", "orders.OrderCancelled"}}}));
+  auto confirming = LoadNotification(R"({"send_confirmation": true})");
+  ASSERT_TRUE(confirming);
+  EXPECT_EQ(confirming->subscription_types(),
+            (Types{{0, {"orders.OrderCreated", "orders.OrderCancelled", "orders.OrderConfirmed"}}}));
+}
+
 TEST(NotificationPlugin, OrderCreatedWritesAThankYouMailIntoTheMaildir) {
   auto host = LoadNotification();
   ASSERT_TRUE(host);

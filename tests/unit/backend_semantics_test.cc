@@ -141,11 +141,11 @@ class BackendSemanticsTest : public ::testing::TestWithParam<BackendFactory> {
   }
 
   PublishRequest Request(const std::string& topic, const std::string& key, const std::string& payload,
-                         std::optional<Uuid> id = std::nullopt) {
+                         std::optional<Uuid> id = std::nullopt, const std::string& type = "test.Message") {
     EnvelopeFields f;
     f.topic = topic;
     f.key = key;
-    f.type = "test.Message";
+    f.type = type;
     f.payload = payload;
     PublishRequest r;
     r.topic = topic;
@@ -208,6 +208,25 @@ class BackendSemanticsTest : public ::testing::TestWithParam<BackendFactory> {
     r.reply_token = reply_token;
     backend_->Publish(std::move(r), [out](Result<PublishResult> x) { *out = std::move(x); });
     for (int i = 0; i < 5; ++i) uv_run(&loop_, UV_RUN_NOWAIT);
+  }
+
+  // Publishes one message per type in `types` (payload = type, key = `key`) in one batch.
+  void PublishTypes(const std::string& topic, const std::vector<std::string>& types, const std::string& key = "") {
+    size_t done = 0;
+    for (const std::string& type : types) {
+      backend_->Publish(Request(topic, key, type, std::nullopt, type), [&](Result<PublishResult> r) {
+        EXPECT_TRUE(r.ok()) << r.status().ToString();
+        ++done;
+      });
+    }
+    EXPECT_TRUE(RunUntil([&] { return done == types.size(); }));
+  }
+
+  Result<uint64_t> TrySubscribe(const SubscribeSpec& spec, Sink* sink) {
+    std::optional<Result<uint64_t>> out;
+    backend_->Subscribe(spec, sink, [&](Result<uint64_t> r) { out = std::move(r); });
+    if (!RunUntil([&] { return out.has_value(); })) return Internal("the subscribe was not answered");
+    return std::move(*out);
   }
 
   std::vector<uint64_t> PublishN(const std::string& topic, size_t n) {
@@ -1306,6 +1325,96 @@ TEST_P(BackendSemanticsTest, CloseStoresTheDirectRequestsStillOut) {
   EXPECT_EQ(after.got[0].seq, 1u);
   EXPECT_EQ(after.got[0].reply_token, 7u);
   EXPECT_EQ(after.got[0].payload, "question");
+}
+
+
+// ---- types: a subscription delivers the types its consumers ask for and acks the rest unseen -------
+
+TEST_P(BackendSemanticsTest, TypesDeliverOnlyThoseAndAckTheRestUnseen) {
+  Open();
+  PublishTypes("t", {"t.A", "t.B", "t.A", "t.C", "t.B"});
+  Sink sink;
+  auto consumer = TrySubscribe({Sub("t", "s"), 10, {"t.B", "t.A", "t.B"}}, &sink);
+  ASSERT_TRUE(consumer.ok()) << consumer.status().ToString();
+  Settle();
+  EXPECT_EQ(sink.Seqs(), (std::vector<uint64_t>{1, 2, 3, 5}));
+  SubscriptionInfo info = SubInfo("t", "s");
+  EXPECT_EQ(info.filtered, 1u);
+  EXPECT_EQ(info.types, (std::vector<std::string>{"t.A", "t.B"}));
+  AckAll(sink, *consumer);
+  Settle();
+  EXPECT_EQ(SubInfo("t", "s").pending, 0u) << "the filtered message counts as consumed";
+
+  // The filtered ack was stored: after a restart a consumer of every type gets only what is new.
+  Reopen();
+  Sink again;
+  ASSERT_TRUE(TrySubscribe({Sub("t", "s"), 10, {}}, &again).ok());
+  PublishTypes("t", {"t.C"});
+  Settle();
+  EXPECT_EQ(again.Seqs(), (std::vector<uint64_t>{6}));
+  EXPECT_TRUE(SubInfo("t", "s").types.empty());
+}
+
+TEST_P(BackendSemanticsTest, AFilteredMessageHoldsNoKeyBack) {
+  Open();
+  SubscriptionConfig c = Sub("t", "s");
+  c.ordering = OrderingMode::kKey;
+  PublishTypes("t", {"t.A", "t.C", "t.B"}, "k");
+  Sink sink;
+  auto consumer = TrySubscribe({c, 10, {"t.A", "t.B"}}, &sink);
+  ASSERT_TRUE(consumer.ok()) << consumer.status().ToString();
+  Settle();
+  ASSERT_EQ(sink.Seqs(), (std::vector<uint64_t>{1})) << "one message of a key at a time";
+  Ack(*consumer, sink.got[0]);
+  Settle();
+  EXPECT_EQ(sink.Seqs(), (std::vector<uint64_t>{1, 3}));
+  EXPECT_EQ(SubInfo("t", "s").parked_keys, 0u);
+}
+
+TEST_P(BackendSemanticsTest, TheNewestConsumersTypesApplyToWhatIsReadAhead) {
+  Open();
+  PublishTypes("t", {"t.A", "t.B", "t.A", "t.B"});
+  Sink first;
+  ASSERT_TRUE(TrySubscribe({Sub("t", "s"), 1, {"t.A"}}, &first).ok());
+  Settle();
+  ASSERT_EQ(first.Seqs(), (std::vector<uint64_t>{1}));  // seq 3 waits, read ahead, for credit
+  EXPECT_EQ(SubInfo("t", "s").filtered, 2u);
+  Sink second;
+  ASSERT_TRUE(TrySubscribe({Sub("t", "s"), 10, {"t.B"}}, &second).ok());
+  PublishTypes("t", {"t.B", "t.A"});
+  Settle();
+  EXPECT_EQ(second.Seqs(), (std::vector<uint64_t>{5})) << "seq 3 (t.A) was read ahead under the old types";
+  EXPECT_EQ(first.Seqs(), (std::vector<uint64_t>{1}));
+  EXPECT_EQ(SubInfo("t", "s").filtered, 4u);  // 2 and 4 first, then 3 and 6 under t.B
+  EXPECT_EQ(SubInfo("t", "s").types, (std::vector<std::string>{"t.B"}));
+}
+
+TEST_P(BackendSemanticsTest, ALongRunOfFilteredMessagesIsWorkedThroughInSteps) {
+  Open();
+  std::vector<std::string> types(20000, "t.Noise");
+  types.push_back("t.Wanted");
+  PublishTypes("t", types);
+  Sink sink;
+  ASSERT_TRUE(TrySubscribe({Sub("t", "s"), 10, {"t.Wanted"}}, &sink).ok());
+  ASSERT_TRUE(RunUntil([&] { return !sink.got.empty(); }));
+  EXPECT_EQ(sink.Seqs(), (std::vector<uint64_t>{20001}));
+  EXPECT_EQ(SubInfo("t", "s").filtered, 20000u);
+}
+
+TEST_P(BackendSemanticsTest, BadTypesAreRefusedByName) {
+  Open();
+  Sink sink;
+  auto empty = TrySubscribe({Sub("t", "s"), 10, {"t.A", ""}}, &sink);
+  ASSERT_FALSE(empty.ok());
+  EXPECT_EQ(empty.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(empty.status().message().find("a type to subscribe to must be 1..256 bytes, got 0"), std::string::npos)
+      << empty.status().ToString();
+  auto many = TrySubscribe({Sub("t", "s"), 10, std::vector<std::string>(33, "t.A")}, &sink);
+  ASSERT_FALSE(many.ok());
+  EXPECT_NE(many.status().message().find("33 types to subscribe to; at most 32"), std::string::npos)
+      << many.status().ToString();
+  auto longer = TrySubscribe({Sub("t", "s"), 10, {std::string(257, 'x')}}, &sink);
+  EXPECT_FALSE(longer.ok());
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BackendSemanticsTest, ::testing::ValuesIn(kFactories),

@@ -62,7 +62,7 @@ TEST(PluginLoaderTest, LoadsAGoodPlugin) {
 TEST(PluginLoaderTest, RefusesAnotherAbiNamingTheFile) {
   auto p = LoadedPlugin::Load(Mock("wrong_abi"));
   ASSERT_FALSE(p.ok());
-  EXPECT_EQ(p.status().message(), Mock("wrong_abi") + ": plugin ABI 2.0 is not supported (host speaks 1.1)");
+  EXPECT_EQ(p.status().message(), Mock("wrong_abi") + ": plugin ABI 2.0 is not supported (host speaks 1.2)");
 }
 
 TEST(PluginLoaderTest, RefusesALibraryWithoutTheEntryPoint) {
@@ -100,10 +100,10 @@ TEST(CheckDescriptorTest, NamesEveryProblem) {
 
   sluice_plugin d = Good();
   d.abi_minor = SLUICE_PLUGIN_ABI_MINOR + 1;
-  EXPECT_EQ(Refusal(d), "/x/p.so: plugin ABI 1.2 is not supported (host speaks 1.1)");
+  EXPECT_EQ(Refusal(d), "/x/p.so: plugin ABI 1.3 is not supported (host speaks 1.2)");
   d = Good();
   d.abi_major = 0;
-  EXPECT_EQ(Refusal(d), "/x/p.so: plugin ABI 0.1 is not supported (host speaks 1.1)");
+  EXPECT_EQ(Refusal(d), "/x/p.so: plugin ABI 0.2 is not supported (host speaks 1.2)");
   d = Good();
   d.struct_size = 16;
   EXPECT_THAT(Refusal(d), StartsWith("/x/p.so: descriptor struct_size 16 is smaller than the "));

@@ -38,7 +38,7 @@ extern "C" {
 #endif
 
 #define SLUICE_PLUGIN_ABI_MAJOR 1u
-#define SLUICE_PLUGIN_ABI_MINOR 1u
+#define SLUICE_PLUGIN_ABI_MINOR 2u
 #define SLUICE_PLUGIN_ENTRY_SYMBOL "sluice_plugin_entry"
 
 #if defined(__GNUC__)
@@ -171,6 +171,16 @@ typedef struct sluice_plugin_init {
    * call that runs longer than this (the plugin's handler_timeout), so a plugin can refuse a
    * config whose own timeouts exceed it. */
   uint32_t handler_timeout_ms;
+  /* Since ABI 1.2 (call it only when struct_size covers it), and only during init(): subscription
+   * `index` of sluice_plugin.subscriptions delivers only messages whose envelope type is one of the
+   * `n_types` NUL-terminated strings in `types` (1 to 32 types, each 1 to 256 bytes); the broker
+   * acknowledges every other message as it reads it, without a delivery (FILTERED in `sluicectl
+   * subs`), so a plugin does not wake up for events it ignores. A subscription never named here gets
+   * every type. A later call for the same index replaces the earlier one. The instances share the
+   * subscription: the types of the one that subscribed last apply to all. Returns 0, or -EINVAL
+   * (logged with the reason). */
+  int (*set_subscription_types)(const struct sluice_plugin_init* init, size_t index, const char* const* types,
+                                size_t n_types);
 } sluice_plugin_init;
 
 typedef struct sluice_plugin {

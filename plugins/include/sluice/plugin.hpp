@@ -219,7 +219,22 @@ struct InitInfo {
   // The host kills a Handle() or Sync() that runs longer (0: an older host did not say).
   std::chrono::milliseconds handler_timeout{0};
   const sluice_host_api* api = nullptr;
+  const sluice_plugin_init* raw = nullptr;
   void Log(int level, const std::string& message) const { api->log(nullptr, level, message.c_str()); }
+  // Subscription `index` (of the descriptor's) delivers only messages of these envelope types; the
+  // broker acks the others unseen (sluice_plugin_init.set_subscription_types). 0, or -EINVAL when the
+  // host refused (logged), or -ENOSYS when the host is older than ABI 1.2.
+  int SetSubscriptionTypes(size_t index, const std::vector<std::string>& types) const {
+    if (raw == nullptr || raw->struct_size < offsetof(sluice_plugin_init, set_subscription_types) +
+                                                 sizeof raw->set_subscription_types ||
+        raw->set_subscription_types == nullptr) {
+      return -38;  // ENOSYS
+    }
+    std::vector<const char*> names;
+    names.reserve(types.size());
+    for (const std::string& t : types) names.push_back(t.c_str());
+    return raw->set_subscription_types(raw, index, names.data(), names.size());
+  }
 };
 
 class Plugin {
@@ -252,6 +267,7 @@ int InitThunk(const sluice_plugin_init* init, void** state) {
       info.handler_timeout = std::chrono::milliseconds(init->handler_timeout_ms);
     }
     info.api = init->api;
+    info.raw = init;
     int rc = inst->plugin->Init(info);
     if (rc != 0) return rc;
     *state = inst.release();

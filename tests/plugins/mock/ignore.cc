@@ -5,12 +5,15 @@
 // it does not act on. The host acks such a message instead of committing a bundle (worker.cc,
 // AckOnly), which the plugin host test checks with the broker's bundle counter. Config
 // {"sleep_ms": N} makes each run take N ms (a slow mail relay); with {"slow_prefix": "P"} too, only the
-// runs of payloads that start with P do.
+// runs of payloads that start with P do. With {"types": [...]} its subscription delivers only those
+// types (set_subscription_types; {"types_index": N} names another subscription, to be refused), and a
+// refusal fails init with the host's code.
 //
 // Threading as plugin.h: one call at a time.
 #include <chrono>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "sluice/plugin.hpp"
 
@@ -21,6 +24,10 @@ class Ignore : public sluice::sdk::Plugin {
   int Init(const sluice::sdk::InitInfo& info) override {
     sleep_ms_ = info.config.value("sleep_ms", 0);
     slow_prefix_ = info.config.value("slow_prefix", "");
+    if (info.config.contains("types")) {
+      return info.SetSubscriptionTypes(info.config.value("types_index", size_t{0}),
+                                       info.config["types"].get<std::vector<std::string>>());
+    }
     return 0;
   }
 

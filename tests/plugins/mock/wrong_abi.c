@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT
  *
- * Test plugin: a descriptor that claims ABI 2.0, which this host (1.1) must refuse with a message
+ * Test plugin: a descriptor that claims ABI 2.0, which this host (1.2) must refuse with a message
  * naming the file and both versions. Nothing in it is ever called.
  */
 #include "sluice/plugin.h"
