@@ -88,6 +88,22 @@ struct SubscribeSpec {
 inline constexpr size_t kMaxSubscribeTypes = 32;
 inline constexpr size_t kMaxTypeBytes = 256;
 
+// Ok, or kInvalidArgument naming what makes `types` unfit for SubscribeSpec::types.
+inline Status CheckSubscribeTypes(const std::vector<std::string>& types) {
+  if (types.size() > kMaxSubscribeTypes) {
+    return Status(StatusCode::kInvalidArgument, std::to_string(types.size()) + " types to subscribe to; at most " +
+                                                    std::to_string(kMaxSubscribeTypes));
+  }
+  for (size_t i = 0; i < types.size(); ++i) {
+    if (types[i].empty() || types[i].size() > kMaxTypeBytes) {
+      return Status(StatusCode::kInvalidArgument, "type " + std::to_string(i) + " to subscribe to is " +
+                                                      std::to_string(types[i].size()) + " bytes; a type is 1.." +
+                                                      std::to_string(kMaxTypeBytes) + " bytes");
+    }
+  }
+  return Status::Ok();
+}
+
 using SubscribeCallback = std::function<void(Result<uint64_t /*consumer_id*/>)>;
 
 struct NackOptions {

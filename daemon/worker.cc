@@ -267,17 +267,15 @@ class Worker {
   std::filesystem::path plugin_data_dir_;
   RunHost host_;
 
-  // The sluice_plugin_init handed to init(): the plugin's pointer to it leads back to the worker.
-  struct HostInit {
-    sluice_plugin_init init;
-    Worker* worker;
-  };
+  // sluice_plugin_init.set_subscription_types: valid only while init() runs, on the init it got.
   static int SetSubscriptionTypes(const sluice_plugin_init* init, size_t index, const char* const* types,
                                   size_t n_types);
+  // The worker and the sluice_plugin_init whose init() is running (a worker process runs one plugin).
+  static Worker* initializing_;
+  static const sluice_plugin_init* initializing_init_;
 
   std::unordered_map<uint64_t, size_t> subscription_of_;  // consumer id -> descriptor subscription
   std::vector<std::vector<std::string>> subscription_types_;  // by descriptor subscription, from init()
-  bool in_init_ = false;
   std::unordered_map<uint64_t, uint32_t> credit_owed_;
   std::unordered_map<uint64_t, Sent> sent_;               // by bundle request id
   std::vector<Unsynced> unsynced_;                        // in run order; plugins with sync() only
@@ -306,27 +304,29 @@ class Worker {
   std::chrono::steady_clock::time_point next_report_{};
 };
 
+Worker* Worker::initializing_ = nullptr;
+const sluice_plugin_init* Worker::initializing_init_ = nullptr;
+
 int Worker::SetSubscriptionTypes(const sluice_plugin_init* init, size_t index, const char* const* types,
                                  size_t n_types) {
-  // sluice_plugin_init is HostInit's first member, so the plugin's pointer is the HostInit's.
-  Worker* self = reinterpret_cast<const HostInit*>(init)->worker;
-  const auto& subs = self->plugin_->descriptor().subscriptions;
+  // Compared, never dereferenced: a plugin may call with an init it kept past init().
+  Worker* self = init != nullptr && init == initializing_init_ ? initializing_ : nullptr;
   std::string problem;
-  if (!self->in_init_) {
-    problem = "it is called outside init()";
-  } else if (index >= subs.size()) {
-    problem = fmt::format("subscription index {} is out of range (the plugin has {})", index, subs.size());
-  } else if (n_types == 0 || n_types > broker::kMaxSubscribeTypes || types == nullptr) {
-    problem = fmt::format("{} types; 1..{} are allowed", n_types, broker::kMaxSubscribeTypes);
-  }
   std::vector<std::string> names;
-  for (size_t i = 0; problem.empty() && i < n_types; ++i) {
-    size_t len = types[i] == nullptr ? 0 : strnlen(types[i], broker::kMaxTypeBytes + 1);
-    if (len == 0 || len > broker::kMaxTypeBytes) {
-      problem = fmt::format("type {} is {}; a type is 1..{} bytes", i,
-                            types[i] == nullptr ? "NULL" : len == 0 ? "empty" : "too long", broker::kMaxTypeBytes);
-    } else {
-      names.emplace_back(types[i], len);
+  if (self == nullptr) {
+    problem = "called outside init()";
+  } else if (index >= self->subscription_types_.size()) {
+    problem = fmt::format("subscription index {} is out of range (the plugin declares {} subscription{})", index,
+                          self->subscription_types_.size(), self->subscription_types_.size() == 1 ? "" : "s");
+  } else if (n_types == 0 || types == nullptr) {
+    problem = "no types given";
+  } else {
+    for (size_t i = 0; i < n_types && problem.empty(); ++i) {
+      if (types[i] == nullptr) problem = fmt::format("type {} is NULL", i);
+      else names.emplace_back(types[i], strnlen(types[i], broker::kMaxTypeBytes + 1));
+    }
+    if (problem.empty()) {
+      if (Status s = broker::CheckSubscribeTypes(names); !s.ok()) problem = s.message();
     }
   }
   if (!problem.empty()) {
@@ -394,9 +394,7 @@ int Worker::Setup() {
   const sluice_plugin& cb = plugin_->callbacks();
   subscription_types_.assign(d.subscriptions.size(), {});
   if (cb.init != nullptr) {
-    HostInit host_init{};
-    host_init.worker = this;
-    sluice_plugin_init& init = host_init.init;
+    sluice_plugin_init init{};
     init.struct_size = sizeof init;
     init.set_subscription_types = &Worker::SetSubscriptionTypes;
     init.api = HandlerRun::Api();
@@ -408,9 +406,11 @@ int Worker::Setup() {
         std::min<int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(options_.handler_timeout).count(),
                           UINT32_MAX));
     watchdog_.Arm(Watchdog::Phase::kInit, 0);
-    in_init_ = true;
+    initializing_ = this;
+    initializing_init_ = &init;
     int rc = cb.init(&init, &state_);
-    in_init_ = false;
+    initializing_ = nullptr;
+    initializing_init_ = nullptr;
     watchdog_.Disarm();
     if (rc != 0) {
       std::string error =

@@ -27,11 +27,19 @@ namespace {
 // Messages a subscription holds in memory ahead of delivery (its window plus messages held behind a
 // busy key). Bounds memory per subscription whatever the backlog in LMDB.
 constexpr size_t kReadAhead = 2048;
-// Messages one Fill() may read and ack because their type is filtered out, so a long run of them
+// Messages one Pump() may read and ack because their type is filtered out, so a long run of them
 // (a backlog of a million) is worked through over several loop iterations instead of blocking one.
-constexpr size_t kMaxFilteredPerFill = 8192;
+constexpr size_t kMaxFilteredPerPump = 8192;
 // Retention by age is checked at most this often (clock time).
 constexpr int64_t kTrimIntervalUs = 1000000;
+
+// A stored envelope as a FlatBuffer, or null when it does not verify. It is copied into `scratch`
+// first: LMDB values are 2-byte aligned, a FlatBuffer wants 8.
+const wire::Envelope* ReadStored(std::string_view envelope, std::string* scratch) {
+  scratch->assign(envelope);
+  auto env = ReadEnvelope(*scratch);
+  return env.ok() ? *env : nullptr;
+}
 
 bool ValidName(std::string_view s) {
   if (s.empty() || s.size() > 200) return false;
@@ -175,8 +183,11 @@ struct Sub {
   uint64_t delivered = 0, acked = 0, redelivered = 0, dead_lettered = 0, filtered = 0;
   Rate ack_rate;
   // Envelope types its consumers want (SubscribeSpec::types), sorted; empty: every type. Fill() acks
-  // a message of another type instead of reading it into the window.
+  // a message of another type instead of reading it into the window; what was read before the types
+  // last changed (seqs below recheck_below) DeliverTo() checks again.
   std::vector<std::string> types;
+  uint64_t recheck_below = 0;
+  size_t filter_budget = 0;  // messages this Pump() may still filter
   bool dirty = false;  // needs a pump
 
   bool key_ordered() const { return rec.ordering == static_cast<uint8_t>(OrderingMode::kKey); }
@@ -237,7 +248,8 @@ class LmdbBackend final : public Backend {
   Status LoadSub(Sub* sub);
   // Attaches a consumer; the subscription delivers `types` (sorted, unique) from now on.
   uint64_t AttachConsumer(Sub* sub, ConsumerSink* sink, uint32_t credit, const std::vector<std::string>& types);
-  // Whether a stored message (its `messages` value) is of a type `sub` wants.
+  // Whether a stored message (its `messages` value) is of a type `sub` wants. An envelope without a
+  // type has the empty type, which no subscription with types wants.
   bool Wanted(const Sub* sub, const MDB_val& stored);
   // Records the ack of `seq`, which no consumer held, with the broker as its consumer.
   void AckUnheld(Sub* sub, uint64_t seq);
@@ -637,20 +649,8 @@ uint64_t LmdbBackend::AttachConsumer(Sub* sub, ConsumerSink* sink, uint32_t cred
   // that wants other types, the new version's take over (a refusal would stop it from starting).
   if (types != sub->types) {
     sub->types = types;
-    // What is read ahead passed the previous types; the new ones decide for it too.
-    if (!types.empty() && !sub->window.empty() && read_->Begin().ok()) {
-      std::deque<Pending> kept;
-      for (Pending& p : sub->window) {
-        SeqKey key(sub->topic->rec.id, p.seq);
-        MDB_val k = MdbVal(key.bytes, sizeof key.bytes), v;
-        if (mdb_get(read_->txn(), env_->dbi().messages, &k, &v) == 0 && !Wanted(sub, v)) {
-          AckUnheld(sub, p.seq);
-        } else {
-          kept.push_back(std::move(p));
-        }
-      }
-      sub->window.swap(kept);
-    }
+    // What was read ahead (the window, messages held behind a key, retries) passed the previous types.
+    sub->recheck_below = sub->scan_seq;
   }
   uint64_t id = next_consumer_id_++;
   consumers_[id] = Consumer{id, sub, sink, credit, 0};
@@ -740,7 +740,8 @@ Sub* LmdbBackend::DirectQueue(const std::string& topic_name) {
     return nullptr;
   }
   Sub* sub = topic->subs.front();
-  return sub->key_ordered() || sub->rec.max_backlog > 0 ? nullptr : sub;
+  // With types, a request is stored first so that Fill() decides on its type like on any other.
+  return sub->key_ordered() || sub->rec.max_backlog > 0 || !sub->types.empty() ? nullptr : sub;
 }
 
 bool LmdbBackend::DeliverDirect(const std::shared_ptr<DirectRequest>& direct) {
@@ -804,15 +805,8 @@ void LmdbBackend::Subscribe(const SubscribeSpec& spec, ConsumerSink* sink, Subsc
     invalid = InvalidArgument(fmt::format("max_deliveries {} is out of range (1..1000)", c.max_deliveries));
   } else if (c.backoff.multiplier < 1.0) {
     invalid = InvalidArgument("backoff multiplier must be >= 1.0");
-  } else if (spec.types.size() > kMaxSubscribeTypes) {
-    invalid = InvalidArgument(
-        fmt::format("{} types to subscribe to; at most {}", spec.types.size(), kMaxSubscribeTypes));
-  }
-  for (const std::string& type : spec.types) {
-    if (invalid.ok() && (type.empty() || type.size() > kMaxTypeBytes)) {
-      invalid = InvalidArgument(fmt::format("a type to subscribe to must be 1..{} bytes, got {}", kMaxTypeBytes,
-                                            type.size()));
-    }
+  } else {
+    invalid = CheckSubscribeTypes(spec.types);
   }
   if (!invalid.ok()) {
     Complete([done = std::move(done), invalid] { done(invalid); });
@@ -1108,7 +1102,7 @@ void LmdbBackend::RunTimers() {
   for (auto& [id, t] : topics_) t->rate.Record(t->published, now);
   for (auto& [id, sp] : subs_) {
     Sub* s = sp.get();
-    s->ack_rate.Record(s->acked, now);
+    s->ack_rate.Record(s->acked + s->filtered, now);
     while (s->lease_head != nullptr && s->lease_head->deadline_us <= now) {
       Requeue(TakeLease(leases_.find(s->lease_head->delivery_id)), now, "lease expired (ack_wait)", false);
     }
@@ -1218,7 +1212,6 @@ void LmdbBackend::Fill(Sub* sub) {
   MDB_val k = MdbVal(from.bytes, sizeof from.bytes), v;
   int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
   bool reached_end = true;
-  size_t filtered = 0;
   while (rc == 0) {
     if (k.mv_size != 12 || SeqKey::Id(static_cast<const char*>(k.mv_data)) != t->rec.id) break;
     uint64_t seq = SeqKey::Seq(static_cast<const char*>(k.mv_data));
@@ -1227,7 +1220,7 @@ void LmdbBackend::Fill(Sub* sub) {
       reached_end = false;
       break;
     }
-    if (filtered == kMaxFilteredPerFill) {
+    if (sub->filter_budget == 0) {
       reached_end = false;
       if (!sub->dirty) {  // the rest in the next pass
         sub->dirty = true;
@@ -1241,7 +1234,7 @@ void LmdbBackend::Fill(Sub* sub) {
       // acked, or a stored direct request, queued as its Adoption says
     } else if (!sub->types.empty() && !Wanted(sub, v)) {
       AckUnheld(sub, seq);
-      ++filtered;
+      --sub->filter_budget;
     } else {
       Pending& p = sub->window.emplace_back();
       p.seq = seq;
@@ -1283,10 +1276,9 @@ bool LmdbBackend::Wanted(const Sub* sub, const MDB_val& stored) {
   MessageHeader h;
   const char* p = static_cast<const char*>(stored.mv_data);
   if (!h.Decode(p, stored.mv_size)) return true;  // DeliverTo() skips what it cannot read
-  aligned_.assign(h.Envelope(p));  // LMDB values are 2-byte aligned; a FlatBuffer wants 8
-  auto env = ReadEnvelope(aligned_);
-  if (!env.ok()) return true;  // the consumer's own check reports it
-  std::string_view type = (*env)->type() ? (*env)->type()->string_view() : std::string_view();
+  const wire::Envelope* env = ReadStored(h.Envelope(p), &aligned_);
+  if (env == nullptr) return true;  // the consumer's own check reports it
+  std::string_view type = env->type() ? env->type()->string_view() : std::string_view();
   return std::binary_search(sub->types.begin(), sub->types.end(), type);
 }
 
@@ -1384,6 +1376,11 @@ bool LmdbBackend::DeliverTo(Consumer* c, Pending p, int64_t now_us) {
     MessageHeader h;
     if (mdb_get(read_->txn(), env_->dbi().messages, &k, &v) == 0 &&
         h.Decode(static_cast<const char*>(v.mv_data), v.mv_size)) {
+      if (p.seq < sub->recheck_below && !sub->types.empty() && !Wanted(sub, v)) {
+        ReleaseKey(sub, p.key, p.seq);
+        AckUnheld(sub, p.seq);
+        return false;
+      }
       envelope = h.Envelope(static_cast<const char*>(v.mv_data));
       reply_token = h.reply_token;
     }
@@ -1432,6 +1429,7 @@ bool LmdbBackend::DeliverTo(Consumer* c, Pending p, int64_t now_us) {
 
 void LmdbBackend::Pump(Sub* sub) {
   if (sub->consumers.empty()) return;
+  sub->filter_budget = kMaxFilteredPerPump;
   int64_t now = clock_.NowUs();
   for (;;) {
     Consumer* c = NextConsumer(sub);
@@ -1551,7 +1549,7 @@ Result<std::vector<SubscriptionInfo>> LmdbBackend::ListSubscriptions() {
     info.redelivered = s->redelivered;
     info.filtered = s->filtered;
     info.types = s->types;
-    info.ack_rate = s->ack_rate.Value(s->acked, now);
+    info.ack_rate = s->ack_rate.Value(s->acked + s->filtered, now);
     if (info.pending > 0 && read_->Begin().ok()) {
       SeqKey k0(s->topic->rec.id, s->acks.floor() + 1);
       MDB_val k = MdbVal(k0.bytes, sizeof k0.bytes), v;
@@ -1626,10 +1624,9 @@ namespace {
 
 // The correlation id of a stored envelope; the bytes come unaligned from LMDB, so they are copied.
 std::string CorrelationOf(std::string_view envelope, std::string* scratch) {
-  scratch->assign(envelope);
-  auto env = ReadEnvelope(*scratch);
-  if (!env.ok() || (*env)->correlation_id() == nullptr) return {};
-  return (*env)->correlation_id()->str();
+  const wire::Envelope* env = ReadStored(envelope, scratch);
+  if (env == nullptr || env->correlation_id() == nullptr) return {};
+  return env->correlation_id()->str();
 }
 
 int64_t PublishTimeOf(const std::string& envelope) {

@@ -412,7 +412,9 @@ size_t Writer::Commit(Batch* batch) {
   // as refused: bounded.
   for (;;) {
     for (auto& op : batch->ops) {
-      if (!op.settled) op.status = Status::Ok();
+      if (op.settled) continue;
+      op.status = Status::Ok();
+      op.bundle_result = {};
     }
     batch->topics.clear();
     MDB_txn* txn = nullptr;
@@ -801,9 +803,11 @@ void Writer::ApplyPublish(MDB_txn* txn, WriteOp* op, bool refuse) {
 // would undo a refused bundle on its own, but before changing a page its parent already dirtied it
 // copies it, and its commit merges its dirty list into the parent's: with the tail pages of four or
 // five databases touched by every bundle, that was a third of the writer's time (bench/README.md, "The
-// order pipeline"). Instead, a conflict is found before anything is written, and a publish refused
-// after the bundle wrote settles the bundle as refused and throws BundleRefused: Commit aborts the
-// transaction and applies the batch again, without it.
+// order pipeline"). Instead, a conflict is found before anything is written, the publishes come
+// before the key writes (so a refused first publish leaves nothing to undo), and a publish refused
+// after another one settles the bundle as refused and throws BundleRefused: Commit aborts the
+// transaction and applies the batch again, without it. A refusal costs that only for a bundle of
+// several publishes; a full store (refuse_publishes) refuses every bundle at its first.
 void Writer::ApplyBundle(MDB_txn* txn, WriteOp* op, bool refuse_publishes) {
   if (op->settled) return;
   BundleRequest& b = op->bundle;
@@ -829,23 +833,9 @@ void Writer::ApplyBundle(MDB_txn* txn, WriteOp* op, bool refuse_publishes) {
       return;
     }
   }
-  std::string value;
-  for (const KvMutation& w : b.writes) {
-    std::string key = KeyspaceKey(b.keyspace, w.key);
-    MDB_val k = MdbVal(key.data(), key.size());
-    if (w.erase) {
-      int rc = mdb_del(txn, d.kv, &k, nullptr);
-      if (rc != MDB_NOTFOUND) Check(rc, "deleting a plugin key");
-      continue;
-    }
-    value.resize(8 + w.value.size());
-    PutBe64(value.data(), b.version);
-    if (!w.value.empty()) std::memcpy(value.data() + 8, w.value.data(), w.value.size());
-    MDB_val v = MdbVal(value.data(), value.size());
-    Check(mdb_put(txn, d.kv, &k, &v, 0), "writing a plugin key");
-  }
   op->bundle_result.published.clear();
-  for (PublishRequest& p : b.publishes) {
+  for (size_t i = 0; i < b.publishes.size(); ++i) {
+    PublishRequest& p = b.publishes[i];
     WriteOp sub;
     sub.kind = OpKind::kPublish;
     sub.now_us = op->now_us;
@@ -860,10 +850,29 @@ void Writer::ApplyBundle(MDB_txn* txn, WriteOp* op, bool refuse_publishes) {
     ApplyPublish(txn, &sub, refuse_publishes);
     if (!sub.status.ok()) {
       op->status = sub.status.WithContext(fmt::format("bundle publish to '{}'", sub.publish.topic));
+      op->bundle_result.published.clear();
+      // The first publish refused: the bundle wrote nothing yet (what a publish frees to make room,
+      // it frees for the next publish as well), so the batch goes on.
+      if (i == 0) return;
       op->settled = true;
       throw BundleRefused{};
     }
     op->bundle_result.published.push_back(sub.publish_result);
+  }
+  std::string value;
+  for (const KvMutation& w : b.writes) {
+    std::string key = KeyspaceKey(b.keyspace, w.key);
+    MDB_val k = MdbVal(key.data(), key.size());
+    if (w.erase) {
+      int rc = mdb_del(txn, d.kv, &k, nullptr);
+      if (rc != MDB_NOTFOUND) Check(rc, "deleting a plugin key");
+      continue;
+    }
+    value.resize(8 + w.value.size());
+    PutBe64(value.data(), b.version);
+    if (!w.value.empty()) std::memcpy(value.data() + 8, w.value.data(), w.value.size());
+    MDB_val v = MdbVal(value.data(), value.size());
+    Check(mdb_put(txn, d.kv, &k, &v, 0), "writing a plugin key");
   }
   auto s = subs_.find(op->sub_id);
   if (op->seq != 0 && s != subs_.end() && op->seq > s->second.rec.floor) {

@@ -15,6 +15,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include "broker/backend.h"
+
 namespace sluice::testing {
 
 struct FakeHost::Bundle {
@@ -193,7 +195,9 @@ Status FakeHost::CallInit() {
   subscription_types_.clear();
   state_ = nullptr;
   if (descriptor_->init != nullptr) {
+    in_init_ = true;
     int rc = descriptor_->init(&init, &state_);
+    in_init_ = false;
     if (rc != 0) {
       return InvalidArgument(path_ + ": init failed: " + std::strerror(rc < 0 ? -rc : rc));
     }
@@ -204,12 +208,13 @@ Status FakeHost::CallInit() {
 
 int FakeHost::SetSubscriptionTypes(size_t index, const char* const* types, size_t n_types) {
   // The daemon's rules (daemon/worker.cc), without its messages.
-  if (index >= descriptor_->n_subscriptions || types == nullptr || n_types == 0 || n_types > 32) return -EINVAL;
+  if (!in_init_ || index >= descriptor_->n_subscriptions || types == nullptr || n_types == 0) return -EINVAL;
   std::vector<std::string> names;
   for (size_t i = 0; i < n_types; ++i) {
-    if (types[i] == nullptr || types[i][0] == '\0' || std::strlen(types[i]) > 256) return -EINVAL;
+    if (types[i] == nullptr) return -EINVAL;
     names.emplace_back(types[i]);
   }
+  if (!broker::CheckSubscribeTypes(names).ok()) return -EINVAL;
   subscription_types_[index] = std::move(names);
   return 0;
 }

@@ -156,6 +156,7 @@ class FakeHost {
   std::vector<OutMessage> published_;
   std::vector<LogLine> logs_;
   std::map<size_t, std::vector<std::string>> subscription_types_;
+  bool in_init_ = false;
   int64_t now_us_ = 1'750'000'000'000'000;  // 2025-06-15, a fixed start
   uint64_t next_id_ = 0;
 };

@@ -259,7 +259,8 @@ TEST(PluginHostTest, SubscriptionTypesForASubscriptionThePluginLacksFailItsInit)
   CommandResult r = LoadDropIn(d, "ignore", "config = { types = [\"t.Keep\"], types_index = 3 }\n");
   EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
   EXPECT_TRUE(WaitUntil([&] {
-    return d.Log().find("set_subscription_types refused: subscription index 3 is out of range (the plugin has 1)") !=
+    return d.Log().find("set_subscription_types refused: subscription index 3 is out of range (the plugin declares 1 "
+                      "subscription)") !=
            std::string::npos;
   })) << d.Log();
   EXPECT_EQ(d.Stop(), 0);

@@ -540,9 +540,6 @@ TEST_P(WriterDurabilityTest, LoneAckIsCommittedAndStored) {
   EXPECT_EQ(loaded->subs().at(sub).acked_above, 1u) << "the ack of seq 5 did not reach the store";
 }
 
-// A duplicate publish writes nothing: its commit is empty, and under "sync" it must still come back
-// only after the transaction it answers from, with the original's seq (the path of a publisher that
-// retries after a lost PublishAck).
 // ---- bundles: all or nothing, each on its own, in one batch ------------------------------------------
 
 WriteOp BundleOp(std::vector<KvReadCheck> reads, std::vector<KvMutation> writes,
@@ -589,8 +586,9 @@ TEST_F(WriterTest, ARefusedBundleLeavesNoTraceAndTheRestOfItsBatchCommits) {
   ops.push_back(BundleOp({{"k", 0}}, {{"b", "kept", false}}, {{kTopic, "kept"}}));
   ops.push_back(BundleOp({{"a", 0}}, {{"c", "kept too", false}}, {}));     // "a" was never written
   ops.push_back(BundleOp({{"b", 0}}, {{"d", "conflicted", false}}, {}));  // "b" was, just before
+  ops.push_back(BundleOp({}, {{"e", "refused at once", false}}, {{"small", "refused 3"}}));
   (void)writer.ApplyNow(&ops, &topics);
-  ASSERT_EQ(ops.size(), 5u);
+  ASSERT_EQ(ops.size(), 6u);
 
   EXPECT_TRUE(ops[0].status.ok()) << ops[0].status.ToString();
   EXPECT_EQ(ops[0].publish_result.seq, 1u);
@@ -607,6 +605,7 @@ TEST_F(WriterTest, ARefusedBundleLeavesNoTraceAndTheRestOfItsBatchCommits) {
   EXPECT_EQ(ops[4].bundle_result.outcome, BundleOutcome::kConflict);
   EXPECT_NE(ops[4].bundle_result.message.find("key 'b' changed"), std::string::npos)
       << ops[4].bundle_result.message;
+  EXPECT_EQ(ops[5].status.code(), StatusCode::kLimitExceeded) << ops[5].status.ToString();
   // The refused bundle's publishes are back in it, whole, for the loop to count.
   ASSERT_EQ(ops[1].bundle.publishes.size(), 2u);
   EXPECT_EQ(PayloadOf(ops[1].bundle.publishes[1].envelope), "refused 2");
@@ -615,6 +614,7 @@ TEST_F(WriterTest, ARefusedBundleLeavesNoTraceAndTheRestOfItsBatchCommits) {
   EXPECT_EQ(StoredKey(env_.get(), "b"), "kept");
   EXPECT_EQ(StoredKey(env_.get(), "c"), "kept too");
   EXPECT_EQ(StoredKey(env_.get(), "d"), std::nullopt);
+  EXPECT_EQ(StoredKey(env_.get(), "e"), std::nullopt);
   auto copy = LoadedCopy();
   const WriterTopic* orders = FindTopic(*copy, kTopic);
   ASSERT_NE(orders, nullptr);
@@ -629,6 +629,9 @@ TEST_F(WriterTest, ARefusedBundleLeavesNoTraceAndTheRestOfItsBatchCommits) {
   EXPECT_EQ(ReadMessage(env_.get(), orders->rec.id, 3), std::nullopt);
 }
 
+// A duplicate publish writes nothing: its commit is empty, and under "sync" it must still come back
+// only after the transaction it answers from, with the original's seq (the path of a publisher that
+// retries after a lost PublishAck).
 TEST_F(WriterTest, SyncDuplicatePublishComesBackWithTheOriginalSeq) {
   StartWriter(Durability::kSync);
   ASSERT_NE(writer_, nullptr);

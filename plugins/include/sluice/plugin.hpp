@@ -219,11 +219,11 @@ struct InitInfo {
   // The host kills a Handle() or Sync() that runs longer (0: an older host did not say).
   std::chrono::milliseconds handler_timeout{0};
   const sluice_host_api* api = nullptr;
-  const sluice_plugin_init* raw = nullptr;
+  const sluice_plugin_init* raw = nullptr;  // the host's, valid only during Init()
   void Log(int level, const std::string& message) const { api->log(nullptr, level, message.c_str()); }
   // Subscription `index` (of the descriptor's) delivers only messages of these envelope types; the
-  // broker acks the others unseen (sluice_plugin_init.set_subscription_types). 0, or -EINVAL when the
-  // host refused (logged), or -ENOSYS when the host is older than ABI 1.2.
+  // broker acks the others unseen (sluice_plugin_init.set_subscription_types). Only during Init().
+  // 0, or -EINVAL when the host refused (logged), or -ENOSYS when the host is older than ABI 1.2.
   int SetSubscriptionTypes(size_t index, const std::vector<std::string>& types) const {
     if (raw == nullptr || raw->struct_size < offsetof(sluice_plugin_init, set_subscription_types) +
                                                  sizeof raw->set_subscription_types ||
