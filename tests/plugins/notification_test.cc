@@ -184,6 +184,22 @@ TEST(NotificationPlugin, AMailReachesNewOnlyThroughSyncAndACrashBeforeItLosesNot
   EXPECT_TRUE(Files(maildir / "tmp").empty());
 }
 
+// The same event handled again before sync() (its first run's bundle was lost, the worker lives on):
+// the mail waiting for sync() is the one that reaches new/, once.
+TEST(NotificationPlugin, AnEventHandledAgainBeforeSyncWritesNoSecondMail) {
+  auto host = LoadNotification();
+  ASSERT_TRUE(host);
+  const fs::path maildir = fs::path(host->data_dir()) / "Maildir";
+  InMessage m = Created("ord-4", "bo@example.com", *host);
+  host->Handle(m, Commit::kCrashBeforeSync);
+  m.delivery_count = 2;
+  ASSERT_TRUE(host->Handle(m).committed);
+  EXPECT_TRUE(host->Logged("is written already and waits for sync: not written again"));
+  auto delivered = Files(maildir / "new");
+  ASSERT_EQ(delivered.size(), 1u);
+  EXPECT_EQ(Header(ReadFile(delivered[0]), "X-Sluice-Order-Id"), "ord-4");
+}
+
 size_t OpenFileDescriptors() {
   return static_cast<size_t>(std::distance(fs::directory_iterator("/proc/self/fd"), fs::directory_iterator()));
 }
