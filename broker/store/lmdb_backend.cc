@@ -11,7 +11,6 @@
 #include <unordered_set>
 
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 
 #include "broker/store/ack_window.h"
 #include "broker/store/format.h"
@@ -1220,7 +1219,7 @@ void LmdbBackend::Fill(Sub* sub) {
       reached_end = false;
       break;
     }
-    if (sub->filter_budget == 0) {
+    if (sub->filter_budget == 0 && !sub->types.empty()) {
       reached_end = false;
       if (!sub->dirty) {  // the rest in the next pass
         sub->dirty = true;
