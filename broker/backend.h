@@ -186,7 +186,9 @@ struct BundleRequest {
   uint64_t version = 0;                    // stamped on every written key; non-zero
   std::vector<KvReadCheck> reads;
   std::vector<KvMutation> writes;
-  std::vector<PublishRequest> publishes;   // dedupe = true: a re-run's repeats are not stored twice
+  // dedupe = true: a re-run's repeats are not stored twice. LmdbBackend clears it for a stored
+  // input, whose ack (checked by the writer) keeps the bundle to one apply.
+  std::vector<PublishRequest> publishes;
 };
 
 enum class BundleOutcome {

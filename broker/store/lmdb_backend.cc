@@ -934,6 +934,10 @@ void LmdbBackend::CommitBundle(BundleRequest request, BundleCallback done) {
   op.seq = f.msg.from_dead || f.msg.direct ? 0 : f.msg.seq;
   for (auto& p : request.publishes) {
     if (p.publish_time_us == 0) p.publish_time_us = op.now_us;
+    // A stored input's bundle applies once by its ack, which the writer checks (Writer::ApplyBundle):
+    // its publishes need no dedupe entries (two index writes each, and their expiry). A direct
+    // request or a redriven dead letter has no ack to check, and keeps them.
+    if (op.seq != 0) p.dedupe = false;
   }
   op.bundle = std::move(request);
   uint64_t did = f.delivery_id;

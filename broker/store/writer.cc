@@ -812,6 +812,15 @@ void Writer::ApplyBundle(MDB_txn* txn, WriteOp* op, bool refuse_publishes) {
   if (op->settled) return;
   BundleRequest& b = op->bundle;
   const Dbis& d = env_->dbi();
+  if (op->seq != 0 && InputAcked(txn, op->sub_id, op->seq)) {
+    // The ack commits with the effects, so this bundle's input was handled and its effects stored
+    // by an earlier one: they stand, and this one is answered as committed without applying again.
+    // (The loop's leases make this unreachable; this is what keeps a stored input's effects exactly
+    // once in the store itself, its publishes having no dedupe entries.)
+    op->bundle_result.outcome = BundleOutcome::kCommitted;
+    op->bundle_result.message = fmt::format("its input (seq {}) was acked already: applied before", op->seq);
+    return;
+  }
   for (const PublishRequest& p : b.publishes) {
     auto t = FindOrCreateTopic(txn, p.topic);
     if (!t.ok()) {
@@ -881,6 +890,17 @@ void Writer::ApplyBundle(MDB_txn* txn, WriteOp* op, bool refuse_publishes) {
     Check(mdb_put(txn, d.acks, &k, &empty, 0), "recording a bundle's ack");
   }
   op->bundle_result.outcome = BundleOutcome::kCommitted;
+}
+
+bool Writer::InputAcked(MDB_txn* txn, uint32_t sub_id, uint64_t seq) {
+  auto s = subs_.find(sub_id);
+  if (s == subs_.end()) return false;
+  if (seq <= s->second.rec.floor) return true;
+  SeqKey key(sub_id, seq);
+  MDB_val k = MdbVal(key.bytes, sizeof key.bytes), v;
+  int rc = mdb_get(txn, env_->dbi().acks, &k, &v);
+  if (rc != MDB_NOTFOUND) Check(rc, "reading a bundle input's ack");
+  return rc == 0;
 }
 
 Status Writer::ExpireDedupe(MDB_txn* txn, int64_t now_us) {

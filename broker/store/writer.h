@@ -189,6 +189,8 @@ class Writer {
   void ApplyRedrive(MDB_txn* txn, WriteOp* op);
   void ApplyDeleteDead(MDB_txn* txn, WriteOp* op);
   void ApplyBundle(MDB_txn* txn, WriteOp* op, bool refuse_publishes);
+  // Whether `seq` of subscription `sub_id` is acked in the store (or in this transaction).
+  bool InputAcked(MDB_txn* txn, uint32_t sub_id, uint64_t seq);
   Status Trim(MDB_txn* txn, WriterTopic* topic, int64_t now_us);
   Status DeleteFirst(MDB_txn* txn, WriterTopic* topic);
   Status ExpireDedupe(MDB_txn* txn, int64_t now_us);

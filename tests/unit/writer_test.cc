@@ -629,6 +629,44 @@ TEST_F(WriterTest, ARefusedBundleLeavesNoTraceAndTheRestOfItsBatchCommits) {
   EXPECT_EQ(ReadMessage(env_.get(), orders->rec.id, 3), std::nullopt);
 }
 
+// A bundle acks its stored input in its own transaction; one for an input acked already (applied
+// before) is answered as committed and applies nothing again: no second message, no key overwritten.
+// Its publishes have no dedupe entries, so the ack is all that keeps them to one.
+TEST_F(WriterTest, ABundleWhoseInputIsAckedAlreadyAppliesNothingAgain) {
+  OpenWriter(Durability::kSync);
+  ASSERT_NE(writer_, nullptr);
+  std::vector<TopicSnapshot> topics;
+  std::vector<WriteOp> setup;
+  setup.push_back(CreateSubOp(kTopic, "s1"));
+  setup.push_back(PublishOp(kTopic, "input"));
+  ASSERT_TRUE(writer_->ApplyNow(&setup, &topics).ok());
+  const uint32_t sub = setup[0].sub_record.id;
+  ASSERT_NE(sub, 0u);
+  auto bundle = [&](const std::string& value) {
+    WriteOp op = BundleOp({}, {{"k", value, false}}, {{"out", "effect"}});
+    op.sub_id = sub;
+    op.seq = 1;
+    op.bundle.publishes[0].dedupe = false;  // as LmdbBackend sends a stored input's
+    return op;
+  };
+  std::vector<WriteOp> first;
+  first.push_back(bundle("first"));
+  ASSERT_TRUE(writer_->ApplyNow(&first, &topics).ok());
+  ASSERT_EQ(first[0].bundle_result.published.size(), 1u);
+  std::vector<WriteOp> again;
+  again.push_back(bundle("again"));
+  ASSERT_TRUE(writer_->ApplyNow(&again, &topics).ok()) << again[0].status.ToString();
+  EXPECT_EQ(again[0].bundle_result.outcome, BundleOutcome::kCommitted);
+  EXPECT_TRUE(again[0].bundle_result.published.empty());
+  EXPECT_NE(again[0].bundle_result.message.find("acked already"), std::string::npos)
+      << again[0].bundle_result.message;
+  EXPECT_EQ(StoredKey(env_.get(), "k"), "first");
+  auto copy = LoadedCopy();
+  const WriterTopic* out = FindTopic(*copy, "out");
+  ASSERT_NE(out, nullptr);
+  EXPECT_EQ(out->rec.messages, 1u) << "the effect was published twice";
+}
+
 // A duplicate publish writes nothing: its commit is empty, and under "sync" it must still come back
 // only after the transaction it answers from, with the original's seq (the path of a publisher that
 // retries after a lost PublishAck).
