@@ -186,15 +186,16 @@ struct BundleRequest {
   uint64_t version = 0;                    // stamped on every written key; non-zero
   std::vector<KvReadCheck> reads;
   std::vector<KvMutation> writes;
-  // dedupe = true: a re-run's repeats are not stored twice. LmdbBackend clears it for a stored
-  // input, whose ack (checked by the writer) keeps the bundle to one apply.
+  // dedupe = true: a re-run's repeats are not stored twice. LmdbBackend clears it for a stored input
+  // that is not acked yet, whose ack (written with the effects, checked by the writer) keeps the
+  // bundle to one apply.
   std::vector<PublishRequest> publishes;
 };
 
 enum class BundleOutcome {
   kCommitted,
   kConflict,    // a read key's version changed: nothing was applied; run the handler again
-  kLeaseLost,   // the input is not leased to this consumer any more: nothing was applied
+  kLeaseLost,   // the input is not leased to this consumer any more (or is acked already): nothing was applied
   kOutcomeCount,
 };
 

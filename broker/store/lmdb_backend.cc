@@ -930,8 +930,9 @@ void LmdbBackend::CommitBundle(BundleRequest request, BundleCallback done) {
   op.now_us = clock_.NowUs();
   op.sub_id = f.sub->id;
   // A redriven dead letter is settled by deleting its dead-letter entry after the commit; a direct
-  // request was never stored.
-  op.seq = f.msg.from_dead || f.msg.direct ? 0 : f.msg.seq;
+  // request was never stored; a message skipped (on_full = "skip", drop_oldest) while its handler
+  // ran is acked already. None of them has an ack for the bundle to write.
+  op.seq = f.msg.from_dead || f.msg.direct || f.sub->acks.IsAcked(f.msg.seq) ? 0 : f.msg.seq;
   for (auto& p : request.publishes) {
     if (p.publish_time_us == 0) p.publish_time_us = op.now_us;
     // A stored input's bundle applies once by its ack, which the writer checks (Writer::ApplyBundle):

@@ -813,12 +813,13 @@ void Writer::ApplyBundle(MDB_txn* txn, WriteOp* op, bool refuse_publishes) {
   BundleRequest& b = op->bundle;
   const Dbis& d = env_->dbi();
   if (op->seq != 0 && InputAcked(txn, op->sub_id, op->seq)) {
-    // The ack commits with the effects, so this bundle's input was handled and its effects stored
-    // by an earlier one: they stand, and this one is answered as committed without applying again.
-    // (The loop's leases make this unreachable; this is what keeps a stored input's effects exactly
-    // once in the store itself, its publishes having no dedupe entries.)
-    op->bundle_result.outcome = BundleOutcome::kCommitted;
-    op->bundle_result.message = fmt::format("its input (seq {}) was acked already: applied before", op->seq);
+    // The ack commits with the effects, so an input acked already had its bundle applied. The loop's
+    // leases keep a second one from coming here (and a bundle whose input was skipped while its
+    // handler ran comes with seq 0); this check keeps a stored input's effects to one apply in the
+    // store itself, its publishes having no dedupe entries.
+    op->bundle_result.outcome = BundleOutcome::kLeaseLost;
+    op->bundle_result.message =
+        fmt::format("its input (seq {}) is acked already, by an earlier bundle: nothing applied", op->seq);
     return;
   }
   for (const PublishRequest& p : b.publishes) {

@@ -1185,6 +1185,27 @@ TEST_P(BackendSemanticsTest, ADeadLetteredDirectRequestIsADeadLetterInTheStoreAt
   EXPECT_TRUE(after.got.empty()) << "a dead letter is not delivered";
 }
 
+// on_full = "skip" acks the oldest messages, the one in a handler's hands too: that handler's bundle
+// still commits its effects (there is just no ack left for it to write).
+TEST_P(BackendSemanticsTest, ABundleForAMessageSkippedWhileItsHandlerRanStillCommits) {
+  Open();
+  SubscriptionConfig c = Sub("t", "s");
+  c.max_backlog = 1;
+  c.on_full = BacklogFullPolicy::kSkip;
+  Sink sink;
+  uint64_t consumer = Subscribe(c, &sink, 1);
+  ASSERT_TRUE(Publish("t").ok());
+  Settle();
+  ASSERT_EQ(sink.got.size(), 1u);
+  PublishN("t", 2);  // a backlog of 3 against max_backlog 1: seqs 1 (in hand) and 2 are skipped
+  Settle();
+  ASSERT_GE(SubInfo("t", "s").skipped, 1u);
+  auto committed = CommitBundlePublishing(consumer, sink.got[0], "out", "effect", {KvMutation{"k", "v", false}});
+  ASSERT_TRUE(committed.ok()) << committed.status().ToString();
+  EXPECT_EQ(committed->outcome, BundleOutcome::kCommitted) << committed->message;
+  EXPECT_EQ(Topic("out").messages, 1u);
+}
+
 TEST_P(BackendSemanticsTest, CloseWaitsForADirectRequestsBundleAndStoresItIfItFailed) {
   Open();
   Sink sink;

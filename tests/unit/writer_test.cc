@@ -630,8 +630,8 @@ TEST_F(WriterTest, ARefusedBundleLeavesNoTraceAndTheRestOfItsBatchCommits) {
 }
 
 // A bundle acks its stored input in its own transaction; one for an input acked already (applied
-// before) is answered as committed and applies nothing again: no second message, no key overwritten.
-// Its publishes have no dedupe entries, so the ack is all that keeps them to one.
+// before) applies nothing: no second message, no key overwritten, whether the ack is a row of `acks`
+// or under the floor. Its publishes have no dedupe entries, so the ack is all that keeps them to one.
 TEST_F(WriterTest, ABundleWhoseInputIsAckedAlreadyAppliesNothingAgain) {
   OpenWriter(Durability::kSync);
   ASSERT_NE(writer_, nullptr);
@@ -656,10 +656,15 @@ TEST_F(WriterTest, ABundleWhoseInputIsAckedAlreadyAppliesNothingAgain) {
   std::vector<WriteOp> again;
   again.push_back(bundle("again"));
   ASSERT_TRUE(writer_->ApplyNow(&again, &topics).ok()) << again[0].status.ToString();
-  EXPECT_EQ(again[0].bundle_result.outcome, BundleOutcome::kCommitted);
+  EXPECT_EQ(again[0].bundle_result.outcome, BundleOutcome::kLeaseLost);
   EXPECT_TRUE(again[0].bundle_result.published.empty());
-  EXPECT_NE(again[0].bundle_result.message.find("acked already"), std::string::npos)
+  EXPECT_NE(again[0].bundle_result.message.find("its input (seq 1) is acked already"), std::string::npos)
       << again[0].bundle_result.message;
+  std::vector<WriteOp> under_floor;
+  under_floor.push_back(AckOp(sub, 1, {}));
+  under_floor.push_back(bundle("under the floor"));
+  ASSERT_TRUE(writer_->ApplyNow(&under_floor, &topics).ok());
+  EXPECT_EQ(under_floor[1].bundle_result.outcome, BundleOutcome::kLeaseLost);
   EXPECT_EQ(StoredKey(env_.get(), "k"), "first");
   auto copy = LoadedCopy();
   const WriterTopic* out = FindTopic(*copy, "out");
