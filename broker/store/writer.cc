@@ -884,8 +884,8 @@ void Writer::ApplyBundle(MDB_txn* txn, WriteOp* op, bool refuse_publishes) {
     MDB_val v = MdbVal(value.data(), value.size());
     Check(mdb_put(txn, d.kv, &k, &v, 0), "writing a plugin key");
   }
-  auto s = subs_.find(op->sub_id);
-  if (op->seq != 0 && s != subs_.end() && op->seq > s->second.rec.floor) {
+  // InputAcked() above found the input above its floor and not acked.
+  if (op->seq != 0 && subs_.count(op->sub_id) > 0) {
     SeqKey key(op->sub_id, op->seq);
     MDB_val k = MdbVal(key.bytes, sizeof key.bytes), empty{0, nullptr};
     Check(mdb_put(txn, d.acks, &k, &empty, 0), "recording a bundle's ack");
