@@ -20,12 +20,12 @@
 //
 // Threading: the host calls Init and Handle on one thread, one at a time.
 #include <algorithm>
+#include <charconv>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <map>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -46,19 +46,28 @@ constexpr std::string_view kCommandsTopic = "analytics.commands";
 constexpr int64_t kMinuteUs = 60'000'000;
 constexpr uint32_t kMaxQueryMinutes = 1440;
 
-// Space-separated integers: a value of n counters.
+// Space-separated integers: a value of n counters. A missing or unreadable counter is 0.
 std::vector<int64_t> Decode(const std::optional<std::string>& value, size_t n) {
   std::vector<int64_t> out(n, 0);
   if (!value) return out;
-  std::istringstream in(*value);
-  for (size_t i = 0; i < n && (in >> out[i]); ++i) {
+  const char* p = value->data();
+  const char* end = p + value->size();
+  for (size_t i = 0; i < n; ++i) {
+    while (p != end && *p == ' ') ++p;
+    auto [next, ec] = std::from_chars(p, end, out[i]);
+    if (ec != std::errc()) break;
+    p = next;
   }
   return out;
 }
 
 std::string Encode(const std::vector<int64_t>& v) {
   std::string out;
-  for (size_t i = 0; i < v.size(); ++i) out += (i ? " " : "") + std::to_string(v[i]);
+  char buf[24];
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i != 0) out += ' ';
+    out.append(buf, std::to_chars(buf, buf + sizeof(buf), v[i]).ptr);
+  }
   return out;
 }
 

@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -198,6 +199,58 @@ TEST(NotificationPlugin, AnEventHandledAgainBeforeSyncWritesNoSecondMail) {
   auto delivered = Files(maildir / "new");
   ASSERT_EQ(delivered.size(), 1u);
   EXPECT_EQ(Header(ReadFile(delivered[0]), "X-Sluice-Order-Id"), "ord-4");
+}
+
+// How many of `path`'s pages are in the page cache (mincore of a shared read-only mapping).
+size_t CachedPages(const fs::path& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  const size_t size = fs::file_size(path);
+  void* map = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  close(fd);
+  if (map == MAP_FAILED) return 0;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> resident((size + page - 1) / page);
+  size_t cached = 0;
+  if (mincore(map, size, resident.data()) == 0) {
+    for (unsigned char r : resident) cached += r & 1;
+  }
+  munmap(map, size);
+  return cached;
+}
+
+// Whether the file system under `dir` drops a synced file's pages on POSIX_FADV_DONTNEED (tmpfs, for
+// one, keeps them: its pages are the file).
+bool DropsCleanPages(const fs::path& dir) {
+  const fs::path probe = dir / ".cache-probe";
+  int fd = open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return false;
+  bool ok = write(fd, "probe", 5) == 5 && fsync(fd) == 0 && posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0;
+  close(fd);
+  ok = ok && CachedPages(probe) == 0;
+  unlink(probe.c_str());
+  return ok;
+}
+
+// Mails are written once and read by someone else later: once Sync has them on disk, their pages
+// leave the page cache instead of piling up until reclaim.
+TEST(NotificationPlugin, ASyncedMailLeavesThePageCache) {
+  auto host = LoadNotification();
+  ASSERT_TRUE(host);
+  const fs::path maildir = fs::path(host->data_dir()) / "Maildir";
+  if (!TmpfileLinkWorks(maildir / "tmp")) GTEST_SKIP() << "no O_TMPFILE (or no /proc) here: mails are named files";
+  if (!DropsCleanPages(maildir / "tmp")) GTEST_SKIP() << "this file system keeps a file's pages after DONTNEED";
+  ASSERT_TRUE(host->Handle(Created("ord-6", "ann@example.com", *host)).committed);
+  auto delivered = Files(maildir / "new");
+  ASSERT_EQ(delivered.size(), 1u);
+  EXPECT_EQ(CachedPages(delivered[0]), 0u);
+  // Without maildir_fsync there is no Sync: the mail is linked at once, and its pages stay.
+  auto unsynced = LoadNotification(R"({ "maildir_fsync": false })");
+  ASSERT_TRUE(unsynced);
+  ASSERT_TRUE(unsynced->Handle(Created("ord-7", "ann@example.com", *unsynced)).committed);
+  auto linked = Files(fs::path(unsynced->data_dir()) / "Maildir" / "new");
+  ASSERT_EQ(linked.size(), 1u);
+  EXPECT_EQ(CachedPages(linked[0]), 1u);
 }
 
 size_t OpenFileDescriptors() {
