@@ -660,9 +660,10 @@ int NotificationPlugin::Sync() {
   // would cost a device flush each.
   if (rc == 0 && syncfs(dir) != 0) rc = -errno;
   // The mails are on disk and nothing here reads them again: their pages go back to the kernel now,
-  // where the next mails' pages come from, instead of filling the page cache until reclaim evicts
-  // them. On a VM whose host takes free memory back, a page never used before costs a host fault when
-  // it is first written: 6-9 us per mail here, a fifth of this plugin's CPU (bench/README.md).
+  // and the next mails reuse them, instead of the page cache growing by a page per mail until reclaim
+  // evicts them (and the store's pages with them). On a VM whose host takes free memory back, a page
+  // never used before also costs a host fault when it is first written: the kernel's zeroing of each
+  // new mail's page was 18 % of this worker's samples (bench/README.md, fourth session).
   if (rc == 0) {
     for (const PendingMail& p : mails) {
       if (p.fd >= 0) (void)posix_fadvise(p.fd, 0, 0, POSIX_FADV_DONTNEED);
