@@ -20,8 +20,8 @@
 //
 // Threading: the host calls Init and Handle on one thread, one at a time.
 #include <algorithm>
-#include <charconv>
 #include <cerrno>
+#include <charconv>
 #include <cstdint>
 #include <cstdio>
 #include <map>
@@ -46,7 +46,8 @@ constexpr std::string_view kCommandsTopic = "analytics.commands";
 constexpr int64_t kMinuteUs = 60'000'000;
 constexpr uint32_t kMaxQueryMinutes = 1440;
 
-// Space-separated integers: a value of n counters. A missing or unreadable counter is 0.
+// Space-separated integers: a value of n counters. A missing or unreadable counter is 0, and so is
+// every counter after it.
 std::vector<int64_t> Decode(const std::optional<std::string>& value, size_t n) {
   std::vector<int64_t> out(n, 0);
   if (!value) return out;
