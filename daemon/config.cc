@@ -21,12 +21,16 @@
 // Thread-safe: no mutable state; the key tables are immutable function-local statics.
 #include "daemon/config.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -342,6 +346,25 @@ struct Keys {
     return d;
   }
 
+  // A listen address for an HTTP server: ParseListenAddress's forms, or "" for none.
+  template <typename A>
+  static Def Listen(std::string_view name, A field) {
+    Def d = String(name, field);
+    d.parse = [field](const toml::node& node, const ValueContext&, S& s) -> Problem {
+      const auto* v = node.as_string();
+      if (v == nullptr) return Expected("a string such as \"127.0.0.1:9464\"", node);
+      const std::string& text = v->get();
+      if (!text.empty() && !ParseListenAddress(text)) {
+        return fmt::format("\"{}\" is not HOST:PORT with an IP address and a port of 0..65535 "
+                           "(\"127.0.0.1:9464\", \"[::1]:9464\"; no host names)",
+                           text);
+      }
+      std::invoke(field, s) = text;
+      return std::nullopt;
+    };
+    return d;
+  }
+
   // A topic or subscription name: [A-Za-z0-9._-]{1,200}.
   template <typename A>
   static Def Name(std::string_view name, A field) {
@@ -402,8 +425,9 @@ struct Keys {
       if (v == nullptr) return Expected("an integer such as 0o660", node);
       const int64_t x = v->get();
       if (x < 0 || x > 0777) {
+        // TOML has no leading-zero octal: 660 is decimal (0o1224), so say both.
         if (x < 0) return fmt::format("{} is out of range (0o0..0o777)", x);
-        return fmt::format("0o{:o} is out of range (0o0..0o777)", x);
+        return fmt::format("{} (0o{:o}) is out of range (0o0..0o777; write octal as 0o660)", x, x);
       }
       std::invoke(field, s) = static_cast<Field<A>>(x);
       return std::nullopt;
@@ -608,7 +632,7 @@ const std::vector<KeyDef<MetricsConfig>>& MetricsKeys() {
   using K = Keys<MetricsConfig>;
   using C = MetricsConfig;
   static const auto* const keys = new std::vector<KeyDef<C>>{
-      K::String("listen", &C::listen).Restart(),
+      K::Listen("listen", &C::listen).Restart(),
   };
   return *keys;
 }
@@ -1277,6 +1301,37 @@ std::string_view LogLevelName(LogLevel level) {
     if (e.value == level) return e.name;
   }
   return "unknown";
+}
+
+std::optional<sockaddr_storage> ParseListenAddress(std::string_view listen) {
+  std::string host, port_text;
+  if (!listen.empty() && listen.front() == '[') {
+    size_t close = listen.find("]:");
+    if (close == std::string_view::npos) return std::nullopt;
+    host = listen.substr(1, close - 1);
+    port_text = listen.substr(close + 2);
+  } else if (size_t colon = listen.rfind(':'); colon != std::string_view::npos) {
+    host = listen.substr(0, colon);
+    port_text = listen.substr(colon + 1);
+  } else {
+    return std::nullopt;
+  }
+  uint16_t port = 0;
+  auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (port_text.empty() || ec != std::errc() || end != port_text.data() + port_text.size()) return std::nullopt;
+  sockaddr_storage addr{};
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&addr);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&addr);
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+  } else {
+    return std::nullopt;
+  }
+  return addr;
 }
 
 }  // namespace sluice

@@ -19,6 +19,8 @@
 // Thread-compatible: a Config is a plain value; the daemon swaps a whole new one in on reload.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -131,5 +133,9 @@ std::vector<std::string> KnownConfigKeys();
 // ParseSize, ParseDuration, FormatSize and FormatDuration are declared in daemon/units.h.
 
 std::string_view LogLevelName(LogLevel level);
+
+// metrics.listen as a socket address: "HOST:PORT" with an IPv4 literal, or "[IPv6]:PORT". Nothing
+// when it is neither (the config loader refuses such a value; the metrics server binds what this gives).
+std::optional<sockaddr_storage> ParseListenAddress(std::string_view listen);
 
 }  // namespace sluice

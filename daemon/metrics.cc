@@ -13,6 +13,8 @@
 
 #include <fmt/format.h>
 
+#include "daemon/config.h"
+
 namespace sluice {
 namespace {
 
@@ -222,50 +224,26 @@ std::string RenderMetrics(const MetricsSources& s) {
 }
 
 Result<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(const std::string& listen) {
-  // HOST:PORT with an IPv4 literal, or [IPv6]:PORT.
-  std::string host, port_text;
-  if (!listen.empty() && listen.front() == '[') {
-    size_t close = listen.find("]:");
-    if (close != std::string::npos) {
-      host = listen.substr(1, close - 1);
-      port_text = listen.substr(close + 2);
-    }
-  } else if (size_t colon = listen.rfind(':'); colon != std::string::npos) {
-    host = listen.substr(0, colon);
-    port_text = listen.substr(colon + 1);
-  }
-  char* end = nullptr;
-  unsigned long port = std::strtoul(port_text.c_str(), &end, 10);
-  sockaddr_storage addr{};
-  socklen_t len = 0;
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&addr);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&addr);
-  bool ok = !port_text.empty() && *end == '\0' && port <= 65535;
-  if (ok && inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(static_cast<uint16_t>(port));
-    len = sizeof *v4;
-  } else if (ok && inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(static_cast<uint16_t>(port));
-    len = sizeof *v6;
-  } else {
+  std::optional<sockaddr_storage> addr = ParseListenAddress(listen);
+  if (!addr) {
+    // The config loader refuses such a value; this is for callers that did not load one.
     return InvalidArgument(fmt::format("metrics.listen: \"{}\" is not HOST:PORT with an IP address "
                                        "(\"127.0.0.1:9464\", \"[::1]:9464\")",
                                        listen));
   }
-  (void)len;
   std::unique_ptr<MetricsHttpServer> server(new MetricsHttpServer());
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
-  if (addr.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+  if (addr->ss_family == AF_INET6) flags |= MHD_USE_IPv6;
   server->daemon_ = MHD_start_daemon(flags, 0, nullptr, nullptr, &OnRequest, server.get(), MHD_OPTION_SOCK_ADDR,
-                                     reinterpret_cast<sockaddr*>(&addr), MHD_OPTION_CONNECTION_LIMIT, 64u,
+                                     reinterpret_cast<sockaddr*>(&*addr), MHD_OPTION_CONNECTION_LIMIT, 64u,
                                      MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
   if (server->daemon_ == nullptr) {
     return Status(StatusCode::kUnavailable, fmt::format("metrics.listen: cannot listen on {}", listen));
   }
   const union MHD_DaemonInfo* info = MHD_get_daemon_info(server->daemon_, MHD_DAEMON_INFO_BIND_PORT);
-  server->port_ = info != nullptr ? info->port : static_cast<uint16_t>(port);
+  const uint16_t port = addr->ss_family == AF_INET6 ? reinterpret_cast<const sockaddr_in6*>(&*addr)->sin6_port
+                                                   : reinterpret_cast<const sockaddr_in*>(&*addr)->sin_port;
+  server->port_ = info != nullptr ? info->port : ntohs(port);
   return server;
 }
 

@@ -7,17 +7,20 @@
 // 3 the daemon is unreachable.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <ctime>
 #include <functional>
 #include <iostream>
 #include <iterator>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "broker/client/client.h"
@@ -307,6 +310,34 @@ int Bench(const Globals& g, const std::vector<std::string>& extra) {
   return kExitFailed;
 }
 
+// After a parse that found no (sub)command where one is required: what is missing, with the commands
+// that were expected ("unknown command 'order frob' (one of: list, place, show)", "'order' needs a
+// command (one of: ...)"). Nothing when the missing command is not the problem.
+std::optional<std::string> MissingCommand(CLI::App& app) {
+  CLI::App* deepest = &app;
+  std::string path;
+  for (;;) {
+    auto parsed = deepest->get_subcommands();
+    if (parsed.empty()) break;
+    deepest = parsed.front();
+    path += (path.empty() ? "" : " ") + deepest->get_name();
+  }
+  std::vector<std::string> names;
+  for (const CLI::App* sub : deepest->get_subcommands([](const CLI::App*) { return true; })) {
+    names.push_back(sub->get_name());
+  }
+  if (names.empty()) return std::nullopt;
+  std::sort(names.begin(), names.end());
+  std::vector<std::string> left = app.remaining(true);
+  auto word = std::find_if(left.begin(), left.end(), [](const std::string& a) { return !a.starts_with("-"); });
+  if (word != left.end()) {
+    return fmt::format("unknown command '{}{}{}' (one of: {})", path, path.empty() ? "" : " ", *word,
+                       fmt::join(names, ", "));
+  }
+  if (path.empty()) return fmt::format("a command is required (one of: {})", fmt::join(names, ", "));
+  return fmt::format("'{}' needs a command (one of: {})", path, fmt::join(names, ", "));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -326,6 +357,7 @@ int main(int argc, char** argv) {
                  "broker socket path for order, stock, analytics and publish (overrides the configuration)");
   app.add_flag("-j,--json", g.json_output, "print the result as JSON");
   app.add_option("--timeout", g.timeout_ms, "milliseconds to wait for the daemon")->capture_default_str();
+  app.set_version_flag("-V,--version", std::string("sluicectl ") + SLUICE_VERSION, "print the version and exit");
 
   std::function<int()> action;
   auto simple = [&](const char* name, const char* help, const char* command,
@@ -529,6 +561,13 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (dynamic_cast<const CLI::RequiredError*>(&e) != nullptr) {
+      if (std::optional<std::string> missing = MissingCommand(app)) {
+        std::fprintf(stderr, "sluicectl: %s\nRun 'sluicectl --help' for the commands and options.\n",
+                     missing->c_str());
+        return kExitUsage;
+      }
+    }
     int rc = app.exit(e);
     return rc == 0 ? kExitOk : kExitUsage;
   }

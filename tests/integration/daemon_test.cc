@@ -330,6 +330,34 @@ TEST(DaemonTest, SluicectlUsageErrorsExitTwoAndNameTheProgram) {
   EXPECT_THAT(r.err, HasSubstr("sluicectl --help"));
 }
 
+// A mistyped or missing command is named, with the commands that would do.
+TEST(DaemonTest, SluicectlNamesAnUnknownOrMissingCommand) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const Case cases[] = {
+      {{"frobnicate"}, "sluicectl: unknown command 'frobnicate' (one of: analytics, bench, dlq, metrics, order,"},
+      {{"--json", "order", "frob", "x"}, "sluicectl: unknown command 'order frob' (one of: list, place, show)\n"},
+      {{"order"}, "sluicectl: 'order' needs a command (one of: list, place, show)\n"},
+      {{}, "sluicectl: a command is required (one of: analytics,"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> argv = {SluicectlPath()};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    auto r = RunCommand(argv);
+    EXPECT_EQ(r.exit_code, 2) << c.message;
+    EXPECT_EQ(r.err.rfind(c.message, 0), 0u) << r.err;
+  }
+  // A missing option of a known command keeps its own message.
+  auto r = RunCommand({SluicectlPath(), "order", "place"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--email is required"));
+  auto version = RunCommand({SluicectlPath(), "--version"});
+  EXPECT_EQ(version.exit_code, 0);
+  EXPECT_EQ(version.out.rfind("sluicectl ", 0), 0u) << version.out;
+}
+
 TEST(DaemonTest, BadConfigDoesNotStart) {
   DaemonProcess d("[broker]\ndurability = \"fast\"\n");
   auto r = RunCommand({SluicedPath(), "--config", d.config_path().string()});

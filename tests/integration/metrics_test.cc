@@ -124,11 +124,17 @@ TEST(MetricsTest, HttpScrapeShowsTheTrafficSent) {
   EXPECT_EQ(WEXITSTATUS(d.Stop()), 0);
 }
 
+// A bad address is a config error: --check-config refuses it as the daemon does, naming file and line.
 TEST(MetricsTest, BadListenAddressStopsTheDaemonWithItsName) {
   DaemonProcess d("[metrics]\nlisten = \"localhost\"\n");
-  auto r = RunCommand({SluicedPath(), "--config", d.config_path().string()});
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.err, HasSubstr("metrics.listen"));
+  for (bool check_only : {true, false}) {
+    std::vector<std::string> args = {SluicedPath(), "--config", d.config_path().string()};
+    if (check_only) args.push_back("--check-config");
+    auto r = RunCommand(args);
+    EXPECT_EQ(r.exit_code, 1) << check_only;
+    EXPECT_THAT(r.err, HasSubstr(d.config_path().string() + ":"));
+    EXPECT_THAT(r.err, HasSubstr("metrics.listen: \"localhost\" is not HOST:PORT"));
+  }
 }
 
 // SO_PEERCRED: a uid that is neither root, the daemon's user nor in admin_group is refused by name,

@@ -10,6 +10,7 @@
 #include <gmock/gmock.h>
 #include <nlohmann/json.hpp>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 
 #include <algorithm>
@@ -377,11 +378,40 @@ TEST(ConfigErrorTest, WrongType) {
   EXPECT_EQ(Error("topic = [1]\n"), "sluice.toml:1: topic: expected a table ([[topic]]), got an integer");
 }
 
+// metrics.listen is checked when the file is loaded (so --check-config and reload refuse it), not
+// first when the listener starts.
+TEST(ConfigErrorTest, MetricsListenMustBeAnIpAddressAndPort) {
+  for (const char* bad : {"localhost", "localhost:9464", "127.0.0.1", "127.0.0.1:", "127.0.0.1:99999",
+                          "127.0.0.1:+80", "127.0.0.1:80x", "[::1]9464", "::1:9464x", ":9464"}) {
+    EXPECT_EQ(Error(fmt::format("[metrics]\nlisten = \"{}\"\n", bad)),
+              fmt::format("sluice.toml:2: metrics.listen: \"{}\" is not HOST:PORT with an IP address and a port "
+                          "of 0..65535 (\"127.0.0.1:9464\", \"[::1]:9464\"; no host names)",
+                          bad))
+        << bad;
+  }
+  for (const char* good : {"127.0.0.1:9464", "0.0.0.0:0", "[::1]:9464", "[::]:65535", ""}) {
+    auto c = ParseConfig(fmt::format("[metrics]\nlisten = \"{}\"\n", good), "sluice.toml");
+    ASSERT_TRUE(c.ok()) << good << ": " << c.status().ToString();
+    EXPECT_EQ(c->metrics.listen, good);
+  }
+  auto v6 = ParseListenAddress("[::1]:9464");
+  ASSERT_TRUE(v6.has_value());
+  EXPECT_EQ(v6->ss_family, AF_INET6);
+  EXPECT_EQ(ntohs(reinterpret_cast<const sockaddr_in6*>(&*v6)->sin6_port), 9464);
+  auto v4 = ParseListenAddress("127.0.0.1:80");
+  ASSERT_TRUE(v4.has_value());
+  EXPECT_EQ(v4->ss_family, AF_INET);
+  EXPECT_EQ(ntohs(reinterpret_cast<const sockaddr_in*>(&*v4)->sin_port), 80);
+}
+
 TEST(ConfigErrorTest, OutOfRange) {
   EXPECT_EQ(Error("[daemon]\n\n\n\nmax_connections = 0\n"),
             "sluice.toml:5: daemon.max_connections: 0 is out of range (1..65536)");
   EXPECT_EQ(Error("[daemon]\nsocket_mode = 0o1000\n"),
-            "sluice.toml:2: daemon.socket_mode: 0o1000 is out of range (0o0..0o777)");
+            "sluice.toml:2: daemon.socket_mode: 512 (0o1000) is out of range (0o0..0o777; write octal as 0o660)");
+  // A mode written the shell's way is decimal in TOML: the error shows the number as written.
+  EXPECT_EQ(Error("[daemon]\nsocket_mode = 999\n"),
+            "sluice.toml:2: daemon.socket_mode: 999 (0o1747) is out of range (0o0..0o777; write octal as 0o660)");
   EXPECT_EQ(Error("[daemon]\nmax_frame_bytes = \"2GiB\"\n"),
             "sluice.toml:2: daemon.max_frame_bytes: 2GiB is out of range (1KiB..1GiB)");
   EXPECT_EQ(Error("[broker]\nmap_size = \"512KiB\"\n"),
