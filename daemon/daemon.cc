@@ -273,7 +273,9 @@ Result<nlohmann::json> Daemon::Reload() {
   nlohmann::json applied = nlohmann::json::array();
   nlohmann::json restart = nlohmann::json::array();
   for (const auto& c : changes) {
-    std::string line = fmt::format("{}: {} -> {}", c.key, c.old_value, c.new_value);
+    // An empty value (an unset string key) shows as "" rather than as nothing.
+    auto shown = [](const std::string& v) { return v.empty() ? std::string("\"\"") : v; };
+    std::string line = fmt::format("{}: {} -> {}", c.key, shown(c.old_value), shown(c.new_value));
     if (c.needs_restart) {
       log::Warning("reload: {} (needs a restart; the running value stays)", line);
       restart.push_back(line);

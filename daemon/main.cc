@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
     for (const sluice::PluginConfig& p : config->plugins) {
       std::error_code ec;
       if (p.enabled && !std::filesystem::exists(p.path, ec)) {
-        std::fprintf(stderr, "warning: plugin %s: %s does not exist\n", p.name.c_str(), p.path.c_str());
+        sluice::log::Warning("plugin {}: {} does not exist", p.name, p.path.string());
       }
     }
     std::fprintf(stderr, "configuration OK\n");

@@ -804,6 +804,7 @@ json Supervisor::Reconcile(const std::vector<PluginConfig>& plugins) {
     }
     p->policy.Reset(SettingsOf(c));
     p->failed = false;
+    p->last_error.clear();  // the new settings start afresh, as a load or restart does
     if (!was_enabled || !p->AnyAlive()) {
       p->config = c;
       StartPlugin(*p);

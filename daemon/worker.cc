@@ -273,6 +273,9 @@ class Worker {
   // The worker and the sluice_plugin_init whose init() is running (a worker process runs one plugin).
   static Worker* initializing_;
   static const sluice_plugin_init* initializing_init_;
+  // The last error the plugin logged during init(), at most kMaxInitErrorBytes of it.
+  static constexpr size_t kMaxInitErrorBytes = 400;
+  std::string init_error_;
 
   std::unordered_map<uint64_t, size_t> subscription_of_;  // consumer id -> descriptor subscription
   std::vector<std::vector<std::string>> subscription_types_;  // by descriptor subscription, from init()
@@ -366,9 +369,11 @@ int Worker::Setup() {
   host_.plugin = d.name;
   host_.publishes = &d.publishes;
   host_.now_us = [] { return broker::SystemClock().NowUs(); };
-  host_.log = [](int level, std::string_view message) {
+  host_.log = [this](int level, std::string_view message) {
     LogLevel l = PluginLevel(level);
     if (l <= log::Level()) log::Write(l, message);
+    // The reason a failing init() gives is usually its last error line: kept for the failure report.
+    if (initializing_ == this && l == LogLevel::kError) init_error_ = message.substr(0, kMaxInitErrorBytes);
   };
   HandlerRun::SetDefaultHost(&host_);
 
@@ -413,8 +418,9 @@ int Worker::Setup() {
     initializing_init_ = nullptr;
     watchdog_.Disarm();
     if (rc != 0) {
-      std::string error =
-          fmt::format("init() failed: {} ({})", rc < 0 ? std::strerror(-rc) : "not a negative errno", rc);
+      std::string code = fmt::format("{}, {}", rc < 0 ? std::strerror(-rc) : "not a negative errno", rc);
+      std::string error = init_error_.empty() ? fmt::format("init() failed: {}", code)
+                                              : fmt::format("init() failed: {} ({})", init_error_, code);
       log::Error("{}", error);
       status_.Send({{"event", "error"}, {"error", error}});
       return kExitSetup;

@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-./scripts/build.sh >/dev/null
+echo "building sluice (the first build takes a few minutes; its log is in build.log)"
+./scripts/build.sh >build.log 2>&1 || { tail -n 40 build.log; exit 1; }
 build=${BUILDDIR:-build}
 run=$PWD/run
 
@@ -74,11 +75,12 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 say "mails written to $maildir"
+# File names follow event ids, not time: list the mails by order, each order's in the order sent.
 for f in "$maildir"/*; do
-  to=$(grep -m1 '^To:' "$f" | cut -c5-)
-  subject=$(grep -m1 '^Subject:' "$f" | cut -c10-)
-  printf '  %-20s %s\n' "$to" "$subject"
-done
+  header() { grep -m1 "^$1: " "$f" | cut -d' ' -f2-; }
+  case $(header X-Sluice-Mail) in order-created) rank=1 ;; order-confirmed) rank=2 ;; *) rank=3 ;; esac
+  printf '%s\t%s\t  %-20s %s\n' "$(header X-Sluice-Order-Id)" "$rank" "$(header To)" "$(header Subject)"
+done | sort -k1,1 -k2,2n | cut -f3-
 
 say "dropping in analytics: a small TOML file and a load, no restart, Order untouched"
 cp etc/plugins.d/analytics.toml "$run/plugins.d/"

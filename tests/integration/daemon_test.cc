@@ -235,17 +235,21 @@ TEST(DaemonTest, UnsupportedProtocolVersionIsRefused) {
 TEST(DaemonTest, SighupReloadsAndReportsChanges) {
   DaemonProcess d;
   ASSERT_TRUE(d.Start());
-  // One key that applies at once and one that needs a restart.
-  std::ofstream(d.config_path(), std::ios::app) << "max_connections = 7\nsocket_mode = 0o600\n";
+  // One key that applies at once and two that need a restart, one of them unset before.
+  std::ofstream(d.config_path(), std::ios::app)
+      << "max_connections = 7\nsocket_mode = 0o600\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
   kill(d.pid(), SIGHUP);
   auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (std::chrono::steady_clock::now() < deadline && d.Log().find("socket_mode") == std::string::npos) {
-    std::this_thread::sleep_for(20ms);
-  }
+  auto reported = [&] {
+    std::string log = d.Log();
+    return log.find("socket_mode") != std::string::npos && log.find("metrics.listen") != std::string::npos;
+  };
+  while (std::chrono::steady_clock::now() < deadline && !reported()) std::this_thread::sleep_for(20ms);
   std::string log = d.Log();
   EXPECT_THAT(log, HasSubstr("daemon.max_connections"));
   EXPECT_THAT(log, HasSubstr("daemon.socket_mode"));
   EXPECT_THAT(log, HasSubstr("needs a restart"));
+  EXPECT_THAT(log, HasSubstr("metrics.listen: \"\" -> 127.0.0.1:0"));
   EXPECT_TRUE(d.Running());
 
   // A broken config is refused and the daemon keeps running on the old one.

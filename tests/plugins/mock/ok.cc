@@ -22,7 +22,10 @@ namespace {
 class Counter : public sluice::sdk::Plugin {
  public:
   int Init(const sluice::sdk::InitInfo& info) override {
-    if (info.config.value("fail_init", false)) return -5;  // EIO
+    if (info.config.value("fail_init", false)) {
+      info.Log(SLUICE_LOG_ERROR, "config.fail_init is set: refusing to start");
+      return -5;  // EIO
+    }
     return 0;
   }
 
