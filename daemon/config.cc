@@ -1313,9 +1313,13 @@ std::optional<sockaddr_storage> ParseListenAddress(std::string_view listen) {
   } else if (size_t colon = listen.rfind(':'); colon != std::string_view::npos) {
     host = listen.substr(0, colon);
     port_text = listen.substr(colon + 1);
+    // "::1:9464" could be read either way: an IPv6 address takes brackets.
+    if (host.find(':') != std::string::npos) return std::nullopt;
   } else {
     return std::nullopt;
   }
+  // inet_pton stops at a NUL: "127.0.0.1\0junk" must not pass as 127.0.0.1.
+  if (host.find('\0') != std::string::npos) return std::nullopt;
   uint16_t port = 0;
   auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
   if (port_text.empty() || ec != std::errc() || end != port_text.data() + port_text.size()) return std::nullopt;

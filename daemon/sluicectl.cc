@@ -329,6 +329,8 @@ std::optional<std::string> MissingCommand(CLI::App& app) {
   if (names.empty()) return std::nullopt;
   std::sort(names.begin(), names.end());
   std::vector<std::string> left = app.remaining(true);
+  // A mistyped option comes first, with its value as a word of its own: name the option.
+  if (!left.empty() && left.front().starts_with("-")) return fmt::format("unknown option '{}'", left.front());
   auto word = std::find_if(left.begin(), left.end(), [](const std::string& a) { return !a.starts_with("-"); });
   if (word != left.end()) {
     return fmt::format("unknown command '{}{}{}' (one of: {})", path, path.empty() ? "" : " ", *word,

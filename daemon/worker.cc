@@ -82,6 +82,21 @@ int64_t SteadyNs() {
       .count();
 }
 
+// `text` as one line of a table cell: control characters (a multi-line message) become spaces, and
+// it is cut at most `max` bytes in, never inside a UTF-8 sequence.
+std::string OneLine(std::string_view text, size_t max) {
+  if (text.size() > max) {
+    size_t cut = max;
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+    text = text.substr(0, cut);
+  }
+  std::string out(text);
+  for (char& c : out) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  }
+  return out;
+}
+
 LogLevel PluginLevel(int level) {
   if (level <= SLUICE_LOG_ERROR) return LogLevel::kError;
   if (level >= SLUICE_LOG_DEBUG) return LogLevel::kDebug;
@@ -373,7 +388,7 @@ int Worker::Setup() {
     LogLevel l = PluginLevel(level);
     if (l <= log::Level()) log::Write(l, message);
     // The reason a failing init() gives is usually its last error line: kept for the failure report.
-    if (initializing_ == this && l == LogLevel::kError) init_error_ = message.substr(0, kMaxInitErrorBytes);
+    if (initializing_ == this && l == LogLevel::kError) init_error_ = OneLine(message, kMaxInitErrorBytes);
   };
   HandlerRun::SetDefaultHost(&host_);
 
@@ -418,9 +433,9 @@ int Worker::Setup() {
     initializing_init_ = nullptr;
     watchdog_.Disarm();
     if (rc != 0) {
-      std::string code = fmt::format("{}, {}", rc < 0 ? std::strerror(-rc) : "not a negative errno", rc);
-      std::string error = init_error_.empty() ? fmt::format("init() failed: {}", code)
-                                              : fmt::format("init() failed: {} ({})", init_error_, code);
+      const char* name = rc < 0 ? std::strerror(-rc) : "not a negative errno";
+      std::string error = init_error_.empty() ? fmt::format("init() failed: {} ({})", name, rc)
+                                              : fmt::format("init() failed: {} ({}, {})", init_error_, name, rc);
       log::Error("{}", error);
       status_.Send({{"event", "error"}, {"error", error}});
       return kExitSetup;

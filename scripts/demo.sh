@@ -80,7 +80,7 @@ for f in "$maildir"/*; do
   header() { grep -m1 "^$1: " "$f" | cut -d' ' -f2-; }
   case $(header X-Sluice-Mail) in order-created) rank=1 ;; order-confirmed) rank=2 ;; *) rank=3 ;; esac
   printf '%s\t%s\t  %-20s %s\n' "$(header X-Sluice-Order-Id)" "$rank" "$(header To)" "$(header Subject)"
-done | sort -k1,1 -k2,2n | cut -f3-
+done | sort -t$'\t' -k1,1 -k2,2n | cut -f3-
 
 say "dropping in analytics: a small TOML file and a load, no restart, Order untouched"
 cp etc/plugins.d/analytics.toml "$run/plugins.d/"

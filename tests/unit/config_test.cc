@@ -382,7 +382,7 @@ TEST(ConfigErrorTest, WrongType) {
 // first when the listener starts.
 TEST(ConfigErrorTest, MetricsListenMustBeAnIpAddressAndPort) {
   for (const char* bad : {"localhost", "localhost:9464", "127.0.0.1", "127.0.0.1:", "127.0.0.1:99999",
-                          "127.0.0.1:+80", "127.0.0.1:80x", "[::1]9464", "::1:9464x", ":9464"}) {
+                          "127.0.0.1:+80", "127.0.0.1:80x", "[::1]9464", "::1:9464", "2001:db8::1:8080", ":9464"}) {
     EXPECT_EQ(Error(fmt::format("[metrics]\nlisten = \"{}\"\n", bad)),
               fmt::format("sluice.toml:2: metrics.listen: \"{}\" is not HOST:PORT with an IP address and a port "
                           "of 0..65535 (\"127.0.0.1:9464\", \"[::1]:9464\"; no host names)",

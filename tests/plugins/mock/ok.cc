@@ -23,7 +23,8 @@ class Counter : public sluice::sdk::Plugin {
  public:
   int Init(const sluice::sdk::InitInfo& info) override {
     if (info.config.value("fail_init", false)) {
-      info.Log(SLUICE_LOG_ERROR, "config.fail_init is set: refusing to start");
+      // Two lines: the host shows them as one.
+      info.Log(SLUICE_LOG_ERROR, "config.fail_init is set:\nrefusing to start");
       return -5;  // EIO
     }
     return 0;
