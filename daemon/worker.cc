@@ -474,8 +474,9 @@ int Worker::Setup() {
   std::random_device rd;
   version_nonce_ = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ static_cast<uint64_t>(SteadyNs());
   status_.Send({{"event", "ready"}});
-  log::Info("running {} {} from {} ({} subscription{})", d.name, d.version, file, d.subscriptions.size(),
-            d.subscriptions.size() == 1 ? "" : "s");
+  // The supervisor says "running" at notice when it reads "ready"; this adds the details for debugging.
+  log::Debug("running {} {} from {} ({} subscription{})", d.name, d.version, file, d.subscriptions.size(),
+             d.subscriptions.size() == 1 ? "" : "s");
   return 0;
 }
 
