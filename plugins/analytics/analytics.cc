@@ -159,7 +159,7 @@ class Analytics final : public sluice::sdk::Plugin {
       ++totals[kOrders];
       int64_t minute = created_us / kMinuteUs;
       std::string key = MinuteKey(minute);
-      writes.emplace_back(key, std::to_string(Decode(ctx.Get(key), 1)[0] + 1));
+      writes.emplace_back(key, Encode({Decode(ctx.Get(key), 1)[0] + 1}));
       Prune(ctx, minute);
     } else if (kind == 'F') {
       ++totals[kConfirmed];

@@ -27,11 +27,11 @@
 //
 // Maildir durability (`maildir_fsync`, default on): Handle only writes the mail; Sync, which the host
 // calls before it acks any of the messages handled since the last Sync, makes all of them durable at
-// once (one syncfs of the Maildir's file system), drops the O_TMPFILE mails' pages from the page cache,
-// links them into new/ and fsyncs new/. So a burst of N mails costs two syncs instead of 2N, and an acked mail is
-// always on disk. syncfs reports writeback errors since Linux 5.8 (Debian 12 ships 6.1). A failed Sync
-// retries every message it covered with the subscription's backoff (the worker nacks them), not
-// retry_base_ms.
+// once (one syncfs of the Maildir's file system), drops the O_TMPFILE mails' pages from the page
+// cache, links them into new/ and fsyncs new/. So a burst of N mails costs two syncs instead of 2N, and
+// an acked mail is always on disk. syncfs reports writeback errors since Linux 5.8 (Debian 12 ships
+// 6.1). A failed Sync retries every message it covered with the subscription's backoff (the worker
+// nacks them), not retry_base_ms.
 //
 // Threading: the host calls Init, Handle and Sync on one thread, one at a time (plugin.h); a send blocks
 // the handler for at most the configured SMTP timeout.
@@ -660,8 +660,8 @@ int NotificationPlugin::Sync() {
   // would cost a device flush each.
   if (rc == 0 && syncfs(dir) != 0) rc = -errno;
   // The mails are on disk and nothing here reads them again: their pages go back to the kernel now,
-  // and the next mails can reuse them, instead of the page cache growing by a page per mail until reclaim
-  // evicts them (and the store's pages with them). On a VM whose host takes free memory back, a page
+  // and the next mails can reuse them, instead of the page cache growing by a page per mail until
+  // reclaim evicts them (and the store's pages with them). On a VM whose host takes free memory back, a page
   // never used before also costs a host fault when it is first written: the kernel's zeroing of each
   // new mail's page was 18 % of this worker's samples (bench/README.md, fourth session).
   if (rc == 0) {
